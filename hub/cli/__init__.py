@@ -1,0 +1,1 @@
+"""The ``meoring`` command line."""

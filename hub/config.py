@@ -1,0 +1,192 @@
+"""Hub configuration: one YAML file plus environment overrides.
+
+Precedence (highest first): environment variables ``MEORING_<SECTION>__<KEY>``
+(e.g. ``MEORING_FHIR__BASE_URL``), the YAML file, the embedded defaults. The YAML file
+is the one given with ``--config`` or in ``MEORING_CONFIG``; without one the embedded
+defaults run everything locally (SQLite store, in-process worker, local HAPI FHIR).
+
+An invalid configuration raises :class:`hub.errors.ConfigError` naming the key; values
+are never echoed because some of them are secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from hub.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path(os.environ.get("MEORING_HOME", Path.home() / ".local" / "share" / "meoring"))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(_Section):
+    """The durable store (inbox, outbox, dead letters, cursors, cache)."""
+
+    url: str = Field(
+        default_factory=lambda: f"sqlite:///{DEFAULT_DATA_DIR / 'meoring.db'}",
+        description="SQLAlchemy URL: sqlite:///path (embedded) or mysql+pymysql://user:pw@host/db",
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL fsyncs every commit (durable against power loss); NORMAL only at checkpoints"
+    )
+    group_commit_max_batch: int = Field(256, ge=1, le=10_000, description="Most inbox writes per commit")
+    group_commit_max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long the first write of a group waits for company"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "mysql+pymysql://", "mariadb+pymysql://")):
+            raise ValueError("must start with sqlite://, mysql+pymysql:// or mariadb+pymysql://")
+        return value
+
+
+class FhirSettings(_Section):
+    """The FHIR server the hub delivers to (HAPI FHIR)."""
+
+    base_url: str = Field("http://127.0.0.1:8080/fhir", description="FHIR R4 base URL")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Read timeout per request")
+    connect_timeout_s: float = Field(5.0, gt=0, le=120)
+    max_attempts: int = Field(4, ge=1, le=20, description="Attempts per request inside one delivery")
+    validate_outgoing: bool = Field(True, description="Validate resources against R4 before sending")
+    bearer_token: SecretStr | None = Field(None, description="Static bearer token, if the server needs one")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class PipelineSettings(_Section):
+    """The worker loop that translates and delivers inbox messages."""
+
+    max_attempts: int = Field(8, ge=1, le=100, description="Delivery attempts before a message is dead-lettered")
+    backoff_base_s: float = Field(2.0, gt=0, le=3600)
+    backoff_max_s: float = Field(600.0, gt=0, le=86_400)
+    batch_size: int = Field(50, ge=1, le=5000, description="Messages claimed per round")
+    lease_s: float = Field(60.0, gt=0, le=3600, description="How long a claim lasts before another worker may retake it")
+    poll_interval_s: float = Field(0.5, gt=0, le=60, description="Idle sleep between rounds")
+    workers: int = Field(1, ge=1, le=64, description="Delivery threads in one worker process")
+
+
+class HttpSettings(_Section):
+    """The hub's HTTP app: health, metrics, CDS Hooks."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class MllpSettings(_Section):
+    """The HL7 v2 MLLP listener."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(2575, ge=1, le=65535)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    idle_timeout_s: float = Field(300.0, gt=0)
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+
+
+class RedisSettings(_Section):
+    url: str | None = Field(None, description="redis://host:port/db for the AI job queue; unset = in-process jobs")
+
+
+class OrthancSettings(_Section):
+    url: str | None = Field(None, description="Orthanc REST base URL, e.g. http://orthanc:8042")
+
+
+class OpenEmrSettings(_Section):
+    base_url: str | None = Field(None, description="OpenEMR base URL, e.g. https://openemr.example.org")
+    site: str = Field("default", description="OpenEMR site id used in API paths")
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = Field(True, alias="json", description="Structured JSON lines (false: human-readable)")
+    identifier_salt: SecretStr = Field(
+        SecretStr("meoring-default-salt"),
+        description="Secret salt for hashing identifiers in logs; set it per site (env MEORING_LOGGING__IDENTIFIER_SALT)",
+    )
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class HubSettings(BaseSettings):
+    """All of the hub's settings. Build once in the CLI and pass down."""
+
+    model_config = SettingsConfigDict(env_prefix="MEORING_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where embedded state lives (SQLite, keys, HAPI data)")
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    fhir: FhirSettings = Field(default_factory=FhirSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    mllp: MllpSettings = Field(default_factory=MllpSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    orthanc: OrthancSettings = Field(default_factory=OrthancSettings)
+    openemr: OpenEmrSettings = Field(default_factory=OpenEmrSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must override it.
+        return (env_settings, init_settings)
+
+
+def _describe(error: Any) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    return f"{key}: {error['msg']}"
+
+
+def load_settings(path: str | Path | None = None) -> HubSettings:
+    """Load settings from ``path`` (or ``$MEORING_CONFIG``), environment overrides applied.
+
+    Raises :class:`ConfigError` naming the first offending key.
+    """
+    path = path or os.environ.get("MEORING_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {file}{where} is not valid YAML") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file} must hold a mapping of sections at top level")
+        data = loaded
+    try:
+        return HubSettings(**data)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        first = errors[0]
+        key = ".".join(str(part) for part in first["loc"])
+        more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"invalid configuration: {_describe(first)}{more}", key=key) from None

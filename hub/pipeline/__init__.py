@@ -1,0 +1,1 @@
+"""The message pipeline: inbox → translate → deliver → delivered | retrying | dead."""

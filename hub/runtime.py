@@ -1,0 +1,148 @@
+"""Composition root: build the store, FHIR client, translators and worker from settings.
+
+This is the one place that knows which adapter serves which channel; the pipeline itself
+only sees the :class:`~hub.pipeline.translator.Translator` protocol.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from hub.config import HubSettings
+from hub.errors import HubError
+from hub.fhir.client import FhirClient
+from hub.fhir.retry import RetryPolicy
+from hub.metrics import PipelineMetrics
+from hub.pipeline.delivery import Deliverer, FhirBundleDeliverer
+from hub.pipeline.fhir_passthrough import FhirBundlePassthrough
+from hub.pipeline.translator import InboundMessage, Translator
+from hub.pipeline.worker import PipelineWorker
+from hub.store import IncomingMessage, Store
+from hub.store.records import utcnow
+
+log = logging.getLogger("hub.runtime")
+
+# channel -> "module:factory"; a factory takes the settings and returns a Translator.
+ADAPTER_TRANSLATORS: dict[str, str] = {
+    "hl7v2": "adapters.hl7v2.translator:translator_from_settings",
+}
+
+
+def open_store(settings: HubSettings, *, migrate: bool = True) -> Store:
+    return Store.open(settings.store.url, migrate=migrate, sqlite_synchronous=settings.store.sqlite_synchronous)
+
+
+def fhir_client(settings: HubSettings) -> FhirClient:
+    fhir = settings.fhir
+    headers = {}
+    if fhir.bearer_token is not None:
+        headers["Authorization"] = f"Bearer {fhir.bearer_token.get_secret_value()}"
+    return FhirClient(
+        fhir.base_url,
+        timeout=httpx.Timeout(fhir.timeout_s, connect=fhir.connect_timeout_s),
+        retry=RetryPolicy(max_attempts=fhir.max_attempts),
+        validate=fhir.validate_outgoing,
+        headers=headers,
+    )
+
+
+def translators(settings: HubSettings) -> dict[str, Translator]:
+    found: dict[str, Translator] = {"fhir": FhirBundlePassthrough()}
+    for channel, target in ADAPTER_TRANSLATORS.items():
+        module_name, _, factory_name = target.partition(":")
+        factory: Callable[[HubSettings], Translator] = getattr(importlib.import_module(module_name), factory_name)
+        found[channel] = factory(settings)
+    return found
+
+
+def build_worker(settings: HubSettings, store: Store, client: FhirClient,
+                 metrics: PipelineMetrics | None = None) -> PipelineWorker:
+    deliverers: dict[str, Deliverer] = {"fhir": FhirBundleDeliverer(client)}
+    return PipelineWorker(
+        store,
+        translators=translators(settings),
+        deliverers=deliverers,
+        settings=settings.pipeline,
+        metrics=metrics,
+    )
+
+
+# channel -> "module:function(path, source) -> list[IncomingMessage]" for `meoring ingest`.
+ADAPTER_FILE_READERS: dict[str, str] = {
+    "hl7v2": "adapters.hl7v2.files:read_hl7v2_file",
+}
+
+
+def read_messages(channel: str, path: Path, *, source: str | None = None) -> list[IncomingMessage]:
+    """Split a file into inbox messages for ``channel``."""
+    if channel == "fhir":
+        return read_fhir_file(path, source=source)
+    target = ADAPTER_FILE_READERS.get(channel)
+    if target is None:
+        raise HubError(f"unknown channel {channel!r} (known: fhir, {', '.join(ADAPTER_FILE_READERS)})")
+    module_name, _, function_name = target.partition(":")
+    reader: Callable[..., list[IncomingMessage]] = getattr(importlib.import_module(module_name), function_name)
+    return reader(path, source=source)
+
+
+def read_fhir_file(path: Path, *, source: str | None = None) -> list[IncomingMessage]:
+    """A ``.json`` file is one message; a ``.ndjson`` file one message per line.
+
+    Without a sender-assigned id, the content hash is the message id: the same bytes
+    from the same source are the same message.
+    """
+    raw = path.read_bytes()
+    chunks = [line for line in raw.splitlines() if line.strip()] if path.suffix == ".ndjson" else [raw]
+    sender = source or f"file:{path.name}"
+    messages = []
+    for chunk in chunks:
+        message = IncomingMessage(channel="fhir", source=sender, payload=chunk,
+                                  content_type="application/fhir+json")
+        messages.append(IncomingMessage(channel="fhir", source=sender, payload=chunk,
+                                        content_type="application/fhir+json", message_id=message.content_hash))
+    return messages
+
+
+def dry_run(channel: str, path: Path, settings: HubSettings, *, explain: bool = False,
+            coverage: bool = False) -> str:
+    """Translate every message in ``path`` without storing or delivering anything."""
+    available = translators(settings)
+    translator = available.get(channel)
+    if translator is None:
+        raise HubError(f"unknown channel {channel!r} (known: {', '.join(sorted(available))})")
+    outputs: list[str] = []
+    for index, message in enumerate(read_messages(channel, path)):
+        inbound = InboundMessage(inbox_id=0, channel=channel, source=message.source, payload=message.payload,
+                                 received_at=utcnow(), message_id=message.message_id,
+                                 content_type=message.content_type)
+        explainer = getattr(translator, "explain", None)
+        if explain and callable(explainer):
+            outputs.append(str(explainer(inbound)))
+            continue
+        translation = translator.translate(inbound)
+        outputs.append(json.dumps(translation.bundle, indent=2, ensure_ascii=False))
+        if coverage:
+            unused = ", ".join(translation.unconsumed) or "none"
+            outputs.append(f"# message {index + 1}: fields not used by the mapping: {unused}")
+        for warning in translation.warnings:
+            outputs.append(f"# warning: {warning}")
+    return "\n".join(outputs)
+
+
+def validate_mappings(directory: Path | None = None) -> list[str]:
+    """Problems in the mapping files (each names file and line); empty when all is well."""
+    module = importlib.import_module("hub.mapping")
+    check: Callable[..., list[object]] = module.validate_mappings
+    return [str(problem) for problem in check(directory or default_mappings_dir())]
+
+
+def default_mappings_dir() -> Path:
+    import mappings
+
+    return Path(mappings.__file__).parent
