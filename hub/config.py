@@ -40,7 +40,9 @@ class StoreSettings(_Section):
     )
     group_commit_max_batch: int = Field(256, ge=1, le=10_000, description="Most inbox writes per commit")
     group_commit_max_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="How long the first write of a group waits for company"
+        0.0, ge=0, le=1000,
+        description="How long a lone write waits for company (0: natural batching — writes that arrive"
+        " during a commit share the next one)",
     )
 
     @field_validator("url")

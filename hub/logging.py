@@ -45,10 +45,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (it may be swapped, e.g. by test capture)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", *, json_format: bool = True, salt: str | None = None) -> None:
     if salt:
         set_identifier_salt(salt)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:
@@ -59,3 +74,4 @@ def configure_logging(level: str = "INFO", *, json_format: bool = True, salt: st
     # httpx logs full URLs at INFO (query strings may carry identifiers).
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

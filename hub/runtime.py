@@ -52,13 +52,22 @@ def fhir_client(settings: HubSettings) -> FhirClient:
     )
 
 
+def translator_for(channel: str, settings: HubSettings) -> Translator:
+    """The translator of one channel, importing only its adapter."""
+    if channel == "fhir":
+        return FhirBundlePassthrough()
+    target = ADAPTER_TRANSLATORS.get(channel)
+    if target is None:
+        known = ", ".join(["fhir", *ADAPTER_TRANSLATORS])
+        raise HubError(f"unknown channel {channel!r} (known: {known})")
+    module_name, _, factory_name = target.partition(":")
+    factory: Callable[[HubSettings], Translator] = getattr(importlib.import_module(module_name), factory_name)
+    return factory(settings)
+
+
 def translators(settings: HubSettings) -> dict[str, Translator]:
-    found: dict[str, Translator] = {"fhir": FhirBundlePassthrough()}
-    for channel, target in ADAPTER_TRANSLATORS.items():
-        module_name, _, factory_name = target.partition(":")
-        factory: Callable[[HubSettings], Translator] = getattr(importlib.import_module(module_name), factory_name)
-        found[channel] = factory(settings)
-    return found
+    """Every channel's translator, for the worker."""
+    return {channel: translator_for(channel, settings) for channel in ["fhir", *ADAPTER_TRANSLATORS]}
 
 
 def build_worker(settings: HubSettings, store: Store, client: FhirClient,
@@ -112,10 +121,7 @@ def read_fhir_file(path: Path, *, source: str | None = None) -> list[IncomingMes
 def dry_run(channel: str, path: Path, settings: HubSettings, *, explain: bool = False,
             coverage: bool = False) -> str:
     """Translate every message in ``path`` without storing or delivering anything."""
-    available = translators(settings)
-    translator = available.get(channel)
-    if translator is None:
-        raise HubError(f"unknown channel {channel!r} (known: {', '.join(sorted(available))})")
+    translator = translator_for(channel, settings)
     outputs: list[str] = []
     for index, message in enumerate(read_messages(channel, path)):
         inbound = InboundMessage(inbox_id=0, channel=channel, source=message.source, payload=message.payload,

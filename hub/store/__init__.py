@@ -82,7 +82,7 @@ class Store:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
-    def group_writer(self, *, max_batch: int = 256, max_wait: float = 0.002) -> GroupCommitWriter:
+    def group_writer(self, *, max_batch: int = 256, max_wait: float = 0.0) -> GroupCommitWriter:
         return GroupCommitWriter(self.inbox, max_batch=max_batch, max_wait=max_wait)
 
     def stats(self) -> StoreStats:

@@ -33,7 +33,7 @@ class GroupCommitWriter:
     what is queued before it returns.
     """
 
-    def __init__(self, inbox: Inbox, *, max_batch: int = 256, max_wait: float = 0.002) -> None:
+    def __init__(self, inbox: Inbox, *, max_batch: int = 256, max_wait: float = 0.0) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_wait < 0:

@@ -1,0 +1,131 @@
+"""The worker's state machine: translate → deliver → delivered | retrying | dead.
+
+These tests drive the worker with a scripted deliverer (no network) to pin the state
+transitions; tests/test_pipeline_hapi.py runs the same loop against the real HAPI.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry
+
+from hub.config import PipelineSettings
+from hub.errors import RejectedByServer, TransientDeliveryError
+from hub.metrics import PipelineMetrics
+from hub.pipeline.backoff import backoff_delay
+from hub.pipeline.fhir_passthrough import FhirBundlePassthrough
+from hub.pipeline.worker import PipelineWorker
+from hub.store import IncomingMessage, Status, Store
+from hub.store.records import OutboxEntry, utcnow
+
+
+class ScriptedDeliverer:
+    """Fails as told for the first N calls, then succeeds; records what it was given."""
+
+    target = "fhir"
+
+    def __init__(self, failures: list[Exception] | None = None) -> None:
+        self.failures = list(failures or [])
+        self.delivered: list[dict] = []
+
+    def deliver(self, entry: OutboxEntry) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.delivered.append(json.loads(entry.body))
+
+
+def patient(pid: str) -> bytes:
+    return json.dumps({"resourceType": "Patient", "id": pid, "name": [{"family": "Test"}]}).encode()
+
+
+def fhir_msg(pid: str) -> IncomingMessage:
+    return IncomingMessage("fhir", "unit", patient(pid), message_id=pid)
+
+
+def make_worker(store: Store, deliverer: ScriptedDeliverer, clock=utcnow, **settings) -> PipelineWorker:
+    base = {"backoff_base_s": 1, "backoff_max_s": 4, "max_attempts": 3}
+    base.update(settings)
+    return PipelineWorker(store, translators={"fhir": FhirBundlePassthrough()}, deliverers={"fhir": deliverer},
+                          settings=PipelineSettings(**base), clock=clock,
+                          metrics=PipelineMetrics(CollectorRegistry()))
+
+
+def test_messages_flow_to_delivered(store: Store) -> None:
+    store.inbox.receive_many([fhir_msg(f"p{i}") for i in range(7)])
+    deliverer = ScriptedDeliverer()
+    totals = make_worker(store, deliverer).run(until_idle=True)
+    assert totals.translated == 7 and totals.delivered == 7
+    assert store.stats().inbox_by_status == {Status.DELIVERED: 7}
+    ids = sorted(b["entry"][0]["request"]["url"] for b in deliverer.delivered)
+    assert ids == sorted(f"Patient/p{i}" for i in range(7))
+
+
+def test_untranslatable_message_is_dead_lettered_with_its_reason(store: Store) -> None:
+    store.inbox.receive(IncomingMessage("fhir", "unit", b'{"resourceType": "Patient"}', message_id="noid"))
+    store.inbox.receive(IncomingMessage("fhir", "unit", b"not json", message_id="junk"))
+    store.inbox.receive(IncomingMessage("dicom", "unit", b"\x00", message_id="nochan"))
+    totals = make_worker(store, ScriptedDeliverer()).run(until_idle=True)
+    assert totals.rejected == 3
+    reasons = sorted(letter.reason for letter in store.replay.dead_letters())
+    assert any("Patient.id" in r for r in reasons)
+    assert any("not UTF-8 JSON" in r for r in reasons)
+    assert any("no translator for channel 'dicom'" in r for r in reasons)
+
+
+def test_transient_failures_retry_with_backoff_then_succeed(store_url: str) -> None:
+    now = [utcnow()]
+    store = Store(Store.open(store_url).engine, clock=lambda: now[0])
+    store.inbox.receive(fhir_msg("r1"))
+    deliverer = ScriptedDeliverer([TransientDeliveryError("HTTP 503", status=503)])
+    worker = make_worker(store, deliverer, clock=lambda: now[0])
+    first = worker.run_once()
+    assert first.retried == 1
+    assert store.stats().inbox_by_status == {Status.RETRYING: 1}
+    assert worker.run_once().work == 0  # not due yet
+    now[0] += timedelta(seconds=2)  # backoff for attempt 1 is within [0.5, 1] s
+    assert worker.run_once().delivered == 1
+    assert store.stats().inbox_by_status == {Status.DELIVERED: 1}
+    store.close()
+
+
+def test_retries_run_out_into_a_dead_letter(store_url: str) -> None:
+    now = [utcnow()]
+    store = Store(Store.open(store_url).engine, clock=lambda: now[0])
+    store.inbox.receive(fhir_msg("r2"))
+    deliverer = ScriptedDeliverer([TransientDeliveryError("connect refused")] * 5)
+    worker = make_worker(store, deliverer, clock=lambda: now[0])
+    for _ in range(6):
+        worker.run_once()
+        now[0] += timedelta(seconds=10)
+    [letter] = store.replay.dead_letters()
+    assert letter.stage == "deliver" and "connect refused" in letter.reason
+    assert store.stats().inbox_by_status == {Status.DEAD: 1}
+    assert len(deliverer.failures) == 2  # exactly max_attempts=3 tries were made
+    store.close()
+
+
+def test_permanent_rejection_is_not_retried(store: Store) -> None:
+    store.inbox.receive(fhir_msg("r3"))
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}
+    deliverer = ScriptedDeliverer([RejectedByServer("HTTP 422: Patient.gender", status=422,
+                                                    operation_outcome=outcome)])
+    totals = make_worker(store, deliverer).run(until_idle=True)
+    assert totals.dead == 1 and totals.delivered == 0
+    assert "Patient.gender" in store.replay.dead_letters()[0].reason
+
+
+def test_a_crashing_deliverer_is_retried_not_lost(store: Store) -> None:
+    store.inbox.receive(fhir_msg("r4"))
+    deliverer = ScriptedDeliverer([RuntimeError("driver bug")])
+    worker = make_worker(store, deliverer, backoff_base_s=0.001, backoff_max_s=0.001)
+    assert worker.run_once().retried == 1
+    assert "unexpected error" in store.inbox.get(1).last_error  # type: ignore[union-attr]
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    delays = [backoff_delay(a, base_s=2, max_s=60).total_seconds() for a in range(1, 10)]
+    assert 1 <= delays[0] <= 2
+    assert 8 <= delays[3] <= 16
+    assert all(d <= 60 for d in delays) and delays[-1] >= 30
