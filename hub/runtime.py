@@ -30,7 +30,7 @@ log = logging.getLogger("hub.runtime")
 
 # channel -> "module:factory"; a factory takes the settings and returns a Translator.
 ADAPTER_TRANSLATORS: dict[str, str] = {
-    "hl7v2": "adapters.hl7v2.translator:translator_from_settings",
+    "hl7v2": "adapters.hl7v2.service:translator_from_settings",
 }
 
 
@@ -84,7 +84,7 @@ def build_worker(settings: HubSettings, store: Store, client: FhirClient,
 
 # channel -> "module:function(path, source) -> list[IncomingMessage]" for `meoring ingest`.
 ADAPTER_FILE_READERS: dict[str, str] = {
-    "hl7v2": "adapters.hl7v2.files:read_hl7v2_file",
+    "hl7v2": "adapters.hl7v2.service:read_hl7v2_file",
 }
 
 

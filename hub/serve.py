@@ -29,9 +29,9 @@ def serve(settings: HubSettings, *, worker: bool = True, mllp: bool = True) -> i
         pipeline = build_worker(settings, store, client, metrics)
         threads.append(threading.Thread(target=pipeline.run, args=(stop,), name="pipeline", daemon=True))
     if mllp and settings.mllp.enabled:
-        from hub.mllp_runner import run_mllp_in_thread
+        from adapters.hl7v2.service import run_mllp_in_thread
 
-        threads.append(run_mllp_in_thread(settings, store, stop, metrics))
+        threads.append(run_mllp_in_thread(settings, store, stop))
     for thread in threads:
         thread.start()
     try:
@@ -47,7 +47,7 @@ def serve(settings: HubSettings, *, worker: bool = True, mllp: bool = True) -> i
 
 def serve_mllp(settings: HubSettings) -> int:
     """Run only the MLLP listener (the ``hub-mllp`` process in docker-compose)."""
-    from hub.mllp_runner import run_mllp
+    from adapters.hl7v2.service import run_mllp
 
     store = open_store(settings)
     try:
