@@ -78,7 +78,9 @@ class PipelineSettings(_Section):
     backoff_base_s: float = Field(2.0, gt=0, le=3600)
     backoff_max_s: float = Field(600.0, gt=0, le=86_400)
     batch_size: int = Field(50, ge=1, le=5000, description="Messages claimed per round")
-    lease_s: float = Field(60.0, gt=0, le=3600, description="How long a claim lasts before another worker may retake it")
+    lease_s: float = Field(
+        60.0, gt=0, le=3600, description="How long a claim lasts before another worker may retake it"
+    )
     poll_interval_s: float = Field(0.5, gt=0, le=60, description="Idle sleep between rounds")
     workers: int = Field(1, ge=1, le=64, description="Delivery threads in one worker process")
 
@@ -110,9 +112,74 @@ class OrthancSettings(_Section):
     url: str | None = Field(None, description="Orthanc REST base URL, e.g. http://orthanc:8042")
 
 
+_BACKEND_SCOPES = (
+    "system/Patient.rs system/Encounter.rs system/Observation.rs system/Condition.rs"
+    " system/AllergyIntolerance.rs system/MedicationRequest.rs system/ServiceRequest.rs"
+    " system/DiagnosticReport.rs system/DocumentReference.rs system/Practitioner.rs system/Binary.read"
+    " system/Patient.$export system/*.$export system/*.$bulkdata-status"
+)
+_USER_SCOPES = (
+    "openid offline_access api:oemr user/Patient.write user/patient.rs user/document.crs"
+)
+
+
 class OpenEmrSettings(_Section):
+    """OpenEMR, the source of truth: its address, the hub's two OAuth2 clients, cache and sync.
+
+    What ``meoring openemr register`` obtains (client ids and secrets) and the hub's key
+    pairs live in ``state_dir``; tokens live in the store. See ``openemr-config/README.md``.
+    """
+
     base_url: str | None = Field(None, description="OpenEMR base URL, e.g. https://openemr.example.org")
     site: str = Field("default", description="OpenEMR site id used in API paths")
+    state_dir: Path | None = Field(
+        None, description="Where the registered clients and the hub's key pairs are kept (default: <data_dir>/openemr)"
+    )
+    backend_scopes: str = Field(_BACKEND_SCOPES, description="Scopes registered for the backend-services client")
+    user_scopes: str = Field(_USER_SCOPES, description="Scopes registered for the user-delegated client")
+    redirect_host: str = Field("127.0.0.1", description="Loopback address `meoring openemr login` listens on")
+    redirect_port: int = Field(8765, ge=1, le=65535, description="Loopback port of the registered redirect URI")
+    jwks_uri: str | None = Field(
+        None, description="Public URL of the hub's JWKS; unset: the JWKS is sent inline at registration"
+    )
+    backend_client_id: str | None = Field(None, description="Use this backend client instead of the registered one")
+    user_client_id: str | None = Field(None, description="Use this user-delegated client instead of the registered one")
+    user_client_secret: SecretStr | None = Field(None, description="Secret of user_client_id")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Read timeout per OpenEMR request")
+    connect_timeout_s: float = Field(5.0, gt=0, le=120)
+    token_renew_margin_s: float = Field(
+        60.0, ge=0, le=3000, description="Renew an access token this long before it expires"
+    )
+    cache_ttl_s: float = Field(300.0, ge=0, le=86_400, description="How long a read from OpenEMR is served from cache")
+    page_size: int = Field(200, ge=1, le=200, description="Patients per page when paging a Patient search")
+    unknown_patient_policy: Literal["create", "reject"] = Field(
+        "reject", description="An ADT patient whose MRN OpenEMR does not know: create it in OpenEMR first, or reject"
+    )
+    mrn_system: str = Field("urn:meoring:mrn", description="Identifier system of the MRN (OpenEMR pubpid) in HAPI")
+    uuid_system: str = Field(
+        "urn:meoring:openemr:uuid", description="Identifier system of OpenEMR's uuid on resources written to HAPI"
+    )
+    document_id_system: str = Field(
+        "urn:meoring:openemr:document", description="Identifier system of OpenEMR document ids (pid/id) in HAPI"
+    )
+    export_poll_interval_s: float = Field(2.0, gt=0, le=600, description="Wait between bulk $export status polls")
+    export_timeout_s: float = Field(1800.0, gt=0, le=86_400, description="Give up on a bulk $export after this long")
+
+    @field_validator("base_url", "jwks_uri")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("site")
+    @classmethod
+    def _site_id(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError("must be a site id: letters, digits, - and _")
+        return value
 
 
 class LoggingSettings(_Section):
@@ -120,7 +187,8 @@ class LoggingSettings(_Section):
     json_format: bool = Field(True, alias="json", description="Structured JSON lines (false: human-readable)")
     identifier_salt: SecretStr = Field(
         SecretStr("meoring-default-salt"),
-        description="Secret salt for hashing identifiers in logs; set it per site (env MEORING_LOGGING__IDENTIFIER_SALT)",
+        description="Secret salt for hashing identifiers in logs; set it per site "
+        "(env MEORING_LOGGING__IDENTIFIER_SALT)",
     )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -56,7 +56,9 @@ class StoreStateCollector(Collector):
         for state in ("pending", "retrying", "delivered", "dead", "superseded"):
             entries.add_metric([state], stats.outbox_by_status.get(state, 0))
         yield entries
-        yield GaugeMetricFamily("meoring_dead_letters_open", "Dead letters not yet replayed", value=stats.open_dead_letters)
+        yield GaugeMetricFamily(
+            "meoring_dead_letters_open", "Dead letters not yet replayed", value=stats.open_dead_letters
+        )
         age = 0.0
         if stats.oldest_pending_received_at is not None:
             age = max(0.0, (self._clock() - stats.oldest_pending_received_at).total_seconds())

@@ -73,7 +73,7 @@ class MariaDbServer:
         )
         if install.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed: {install.stderr.decode()[-500:]}")
-        log = open(self.root / "mariadbd.log", "wb")  # noqa: SIM115 - lives as long as the server
+        log = open(self.root / "mariadbd.log", "wb")
         self.process = subprocess.Popen(
             [_binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={data}", f"--socket={self.socket_path}",
              f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", "--skip-log-bin",
@@ -126,7 +126,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "redis.log", "wb")  # noqa: SIM115
+        log = open(self.root / "redis.log", "wb")
         self.process = subprocess.Popen(
             [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.root), "--protected-mode", "yes"],
@@ -157,12 +157,14 @@ class HapiServer:
         self.root.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
             ["bash", str(REPO / "hapi-config" / "run-hapi.sh"), "--port", str(self.port),
-             "--data-dir", str(self.root)],
-            capture_output=True, timeout=timeout, check=False,
+             "--data-dir", str(self.root / "data"), "--timeout", str(int(timeout))],
+            capture_output=True, timeout=timeout + 60, check=False,
+            env={**os.environ, "HAPI_RUN_DIR": str(self.root / "run")},
         )
         if result.returncode != 0:
-            raise RuntimeError(f"HAPI did not start: {result.stdout.decode()[-800:]} {result.stderr.decode()[-800:]}")
-        self.pid = _read_pid(self.root)
+            raise RuntimeError(f"HAPI did not start: {result.stderr.decode()[-1500:]}")
+        pid_file = self.root / "run" / f"hapi-{self.port}.pid"
+        self.pid = int(pid_file.read_text().strip())
         httpx.get(f"{self.base_url}/metadata", timeout=60).raise_for_status()
         return self
 
@@ -191,11 +193,3 @@ class HapiServer:
                 return
             time.sleep(0.2)
         os.kill(self.pid, signal.SIGKILL)
-
-
-def _read_pid(root: Path) -> int | None:
-    for candidate in sorted(root.rglob("*.pid")):
-        text = candidate.read_text().strip()
-        if text.isdigit():
-            return int(text)
-    return None

@@ -95,7 +95,7 @@ def test_invalid_resource_is_rejected_by_hapi_and_dead_lettered(tmp_path: Path, 
 
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "hub.cli.main", "worker"], cwd=REPO, env=env,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
 def _wait_delivered(store: Store, expected: int, timeout: float) -> None:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from hub.store import IncomingMessage, Rejected, Status, Store, Translated
 from hub.store.records import utcnow
@@ -74,7 +75,7 @@ def test_group_commit_failure_reaches_every_waiter(tmp_path) -> None:
     with store.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE idempotency_keys")
     future = writer.submit(msg(1))
-    with pytest.raises(Exception):
+    with pytest.raises(OperationalError, match="idempotency_keys"):
         future.result(10)
     writer.close()
     store.close()

@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         sys.stderr.write(f"meoring: {exc.strerror or type(exc).__name__}{where}\n")
         return 1
-    except Exception as exc:  # noqa: BLE001 - the user gets one line; the log gets the type
+    except Exception as exc:
         log.error("unexpected error", exc_info=exc, extra={"event": "cli_crashed"})
         sys.stderr.write(f"meoring: unexpected {type(exc).__name__} (run with -v for the log)\n")
         return 1

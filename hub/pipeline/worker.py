@@ -114,7 +114,7 @@ class PipelineWorker:
                 )
             except MappingError as exc:
                 outcome = Rejected(message.inbox_id, message.claim_token, type(exc).__name__, describe_error(exc))
-            except Exception as exc:  # noqa: BLE001 - a translator bug must dead-letter, not stop the loop
+            except Exception as exc:
                 log.exception("translator failed", extra={"event": "translate_crashed", "inbox_id": message.inbox_id})
                 outcome = Rejected(message.inbox_id, message.claim_token, type(exc).__name__, describe_error(exc))
         if self._metrics is not None:

@@ -25,7 +25,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 
     """
     try:
         parsed = make_url(url)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises several types here
+    except Exception as exc:
         raise ConfigError("store.url is not a valid database URL", key="store.url") from exc
     kwargs: dict[str, Any] = {"future": True}
     if parsed.get_backend_name() == "sqlite":
