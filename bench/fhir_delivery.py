@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.stack (the HAPI starter)
 
-from hub.fhir.client import FhirClient  # noqa: E402
+from hub.fhir.client import FhirClient
 
 
 def observation(run: str, i: int) -> dict[str, Any]:
@@ -27,8 +27,12 @@ def observation(run: str, i: int) -> dict[str, Any]:
         "id": f"bench-{run}-{i}",
         "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7", "display": "Glucose"}]},
-        "valueQuantity": {"value": 90 + i % 30, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
-                          "code": "mg/dL"},
+        "valueQuantity": {
+            "value": 90 + i % 30,
+            "unit": "mg/dL",
+            "system": "http://unitsofmeasure.org",
+            "code": "mg/dL",
+        },
         "effectiveDateTime": "2026-11-25T12:00:00Z",
     }
 
@@ -61,19 +65,24 @@ def main() -> None:
             start = time.perf_counter()
             for first in range(0, args.resources, args.bundle_size):
                 entries = [
-                    {"resource": observation(run, i),
-                     "request": {"method": "PUT", "url": f"Observation/bench-{run}-{i}"}}
+                    {
+                        "resource": observation(run, i),
+                        "request": {"method": "PUT", "url": f"Observation/bench-{run}-{i}"},
+                    }
                     for i in range(first, min(first + args.bundle_size, args.resources))
                 ]
-                client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
-                                   prefer="minimal")
+                client.transaction(
+                    {"resourceType": "Bundle", "type": "transaction", "entry": entries}, prefer="minimal"
+                )
             bundled = args.resources / (time.perf_counter() - start)
             print(f"transaction bundles of {args.bundle_size}: {bundled:8.1f} resources/s")
     finally:
         if server is not None:
             server.stop()
-    print(f"RESULT fhir_transaction_delivery={bundled:.1f} resources/s "
-          f"baseline fhir_one_request_each={single:.1f} resources/s ratio={bundled / single:.2f}")
+    print(
+        f"RESULT fhir_transaction_delivery={bundled:.1f} resources/s "
+        f"baseline fhir_one_request_each={single:.1f} resources/s ratio={bundled / single:.2f}"
+    )
 
 
 if __name__ == "__main__":

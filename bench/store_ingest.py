@@ -17,11 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.stack (the MariaDB starter)
 
-from hub.store import IncomingMessage, Store  # noqa: E402
+from hub.store import IncomingMessage, Store
 
 # A typical ORU^R01 is 1-3 kB.
-PAYLOAD = (b"MSH|^~\\&|LAB|HOSP|HUB|HOSP|20261125120000||ORU^R01|{i}|P|2.5.1\r"
-           + b"OBX|1|NM|2345-7^Glucose^LN||105|mg/dL|70-99|H|||F\r" * 20)
+PAYLOAD = (
+    b"MSH|^~\\&|LAB|HOSP|HUB|HOSP|20261125120000||ORU^R01|{i}|P|2.5.1\r"
+    + b"OBX|1|NM|2345-7^Glucose^LN||105|mg/dL|70-99|H|||F\r" * 20
+)
 
 
 def run(senders: int, total: int, receive: Callable[[IncomingMessage], object]) -> float:
@@ -72,13 +74,17 @@ def main() -> None:
 
         server = MariaDbServer(tmp / "mariadb").start()
         try:
-            my_single, my_grouped = measure(server.create_database, args.senders, args.messages, args.max_wait_ms / 1000)
+            my_single, my_grouped = measure(
+                server.create_database, args.senders, args.messages, args.max_wait_ms / 1000
+            )
         finally:
             server.stop()
         print(f"mariadb single-commit: {my_single:9.0f} msg/s")
         print(f"mariadb grouped:       {my_grouped:9.0f} msg/s  ({my_grouped / my_single:.1f}x)")
-    print(f"RESULT sqlite_grouped_inbox_writes={sq_grouped:.0f} msg/s "
-          f"baseline sqlite_single_commit={sq_single:.0f} msg/s ratio={sq_grouped / sq_single:.2f}")
+    print(
+        f"RESULT sqlite_grouped_inbox_writes={sq_grouped:.0f} msg/s "
+        f"baseline sqlite_single_commit={sq_single:.0f} msg/s ratio={sq_grouped / sq_single:.2f}"
+    )
 
 
 if __name__ == "__main__":

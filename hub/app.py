@@ -50,6 +50,10 @@ def create_app(settings: HubSettings, store: Store, *, registry: CollectorRegist
     registry = registry or CollectorRegistry()
     metrics = metrics or PipelineMetrics(registry)
     registry.register(StoreStateCollector(store))
+    if settings.openemr.base_url:
+        from hub.openemr.health import OpenEmrStateCollector
+
+        registry.register(OpenEmrStateCollector(settings, store))
     state = AppState(settings=settings, store=store, registry=registry, metrics=metrics)
     state.checks.update(configured_checks(settings, store))
     state.checks.update(extra_checks or {})

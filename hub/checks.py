@@ -119,4 +119,9 @@ def configured_checks(settings: HubSettings, store: Store | None) -> dict[str, C
         checks["orthanc"] = orthanc_check(settings.orthanc.url)
     if settings.openemr.base_url:
         checks["openemr"] = openemr_check(settings.openemr.base_url, settings.openemr.site)
+        if store is not None:
+            from hub.openemr.health import openemr_readiness
+
+            openemr_store = store
+            checks["openemr-auth"] = lambda: openemr_readiness(settings, openemr_store)
     return checks

@@ -9,6 +9,7 @@
     ├── ValidationFailed         a built FHIR resource is not valid R4: same as MappingError
     └── DeliveryError            delivery to a FHIR server failed
         ├── TransientDeliveryError   retry later (connection error, timeout, 429, 5xx)
+        │   └── DeliveryHeld         a person must act first; waits without using up attempts
         └── PermanentDeliveryError   retrying will not help (4xx other than 429)
             └── RejectedByServer     the server answered with an OperationOutcome
 
@@ -77,6 +78,14 @@ class TransientDeliveryError(DeliveryError):
     """Connection error, timeout, 429 or 5xx: the same request may succeed later."""
 
     retryable = True
+
+
+class DeliveryHeld(TransientDeliveryError):
+    """The target cannot take writes until a person acts (re-login, enable a client).
+
+    The delivery waits and is retried, but the wait does not count as an attempt: a held
+    write must never run out of attempts and die while nobody could have delivered it.
+    """
 
 
 class PermanentDeliveryError(DeliveryError):

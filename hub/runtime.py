@@ -73,6 +73,10 @@ def translators(settings: HubSettings) -> dict[str, Translator]:
 def build_worker(settings: HubSettings, store: Store, client: FhirClient,
                  metrics: PipelineMetrics | None = None) -> PipelineWorker:
     deliverers: dict[str, Deliverer] = {"fhir": FhirBundleDeliverer(client)}
+    if settings.openemr.base_url:
+        from hub.openemr.integration import openemr_deliverers
+
+        deliverers.update(openemr_deliverers(settings, store))
     return PipelineWorker(
         store,
         translators=translators(settings),

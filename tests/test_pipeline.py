@@ -129,3 +129,21 @@ def test_backoff_grows_and_is_capped() -> None:
     assert 1 <= delays[0] <= 2
     assert 8 <= delays[3] <= 16
     assert all(d <= 60 for d in delays) and delays[-1] >= 30
+
+
+def test_a_held_delivery_waits_without_using_up_attempts(store_url: str) -> None:
+    from hub.errors import DeliveryHeld
+
+    now = [utcnow()]
+    store = Store(Store.open(store_url).engine, clock=lambda: now[0])
+    store.inbox.receive(fhir_msg("h1"))
+    # Held ten times in a row with max_attempts=3: still waiting, never dead.
+    deliverer = ScriptedDeliverer([DeliveryHeld("re-login required")] * 10)
+    worker = make_worker(store, deliverer, clock=lambda: now[0])
+    for _ in range(10):
+        worker.run_once()
+        now[0] += timedelta(seconds=61)
+    assert store.replay.dead_letters() == []
+    assert store.stats().inbox_by_status == {Status.RETRYING: 1}
+    assert worker.run_once().delivered == 1  # the person acted: it goes through
+    store.close()

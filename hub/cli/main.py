@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["upgrade", "current"])
     p = add("quickstart", cmd_quickstart, "the main job on embedded defaults: replay the sample feeds into FHIR")
     p.add_argument("samples", nargs="*", metavar="FILE", help="message files (default: bundled samples)")
+    from hub.openemr.cli import add_openemr_commands
+
+    add_openemr_commands(sub)
     p = add("mappings", cmd_mappings, "mapping files: validate")
     p.add_argument("action", choices=["validate"])
     p.add_argument("directory", nargs="?", help="mapping directory (default: the configured one)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from hub.config import PipelineSettings
-from hub.errors import DeliveryError, HubError, MappingError, TransientDeliveryError
+from hub.errors import DeliveryError, DeliveryHeld, HubError, MappingError, TransientDeliveryError
 from hub.metrics import PipelineMetrics
 from hub.pipeline.backoff import backoff_delay
 from hub.pipeline.delivery import Deliverer
@@ -136,7 +136,9 @@ class PipelineWorker:
         else:
             outcomes = [self._deliver(entry) for entry in entries]
         return RoundResult(
-            delivered=outcomes.count("delivered"), retried=outcomes.count("retry"), dead=outcomes.count("dead")
+            delivered=outcomes.count("delivered"),
+            retried=outcomes.count("retry") + outcomes.count("held"),
+            dead=outcomes.count("dead"),
         )
 
     def _deliver(self, entry: OutboxEntry) -> str:
@@ -164,13 +166,20 @@ class PipelineWorker:
         if not isinstance(exc, HubError):
             log.error("delivery crashed", exc_info=exc,
                       extra={"event": "deliver_crashed", "outbox_id": entry.outbox_id})
+        held = isinstance(exc, DeliveryHeld)
         retry_at: datetime | None = None
-        if transient and entry.attempts < self._settings.max_attempts:
+        if held:
+            # Waiting for a person: look again at the first backoff step (cheap: a held
+            # deliverer answers from local state), never running out of attempts.
+            retry_at = self._clock() + backoff_delay(1, base_s=self._settings.backoff_base_s,
+                                                     max_s=self._settings.backoff_max_s)
+        elif transient and entry.attempts < self._settings.max_attempts:
             delay = backoff_delay(entry.attempts, base_s=self._settings.backoff_base_s,
                                   max_s=self._settings.backoff_max_s)
             retry_at = self._clock() + delay
-        self._store.outbox.mark_failed(entry, error_type=type(exc).__name__, reason=reason, retry_at=retry_at)
-        outcome = "retry" if retry_at is not None else "dead"
+        self._store.outbox.mark_failed(entry, error_type=type(exc).__name__, reason=reason, retry_at=retry_at,
+                                       count_attempt=not held)
+        outcome = "held" if held else ("retry" if retry_at is not None else "dead")
         if self._metrics is not None:
             self._metrics.deliveries.labels(entry.target, outcome).inc()
             if retry_at is not None:

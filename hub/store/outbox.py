@@ -252,11 +252,14 @@ class Outbox:
                     .values(status=Status.DELIVERED, delivered_at=now, last_error=None, updated_at=now)
                 )
 
-    def mark_failed(self, entry: OutboxEntry, *, error_type: str, reason: str, retry_at: datetime | None) -> bool:
+    def mark_failed(self, entry: OutboxEntry, *, error_type: str, reason: str, retry_at: datetime | None,
+                    count_attempt: bool = True) -> bool:
         """Record a failed attempt: retry at ``retry_at``, or dead-letter when it is None.
 
-        Returns False if the claim had been lost to another worker (nothing recorded).
+        With ``count_attempt=False`` (a held delivery) the attempt counted at claim time is
+        given back. Returns False if the claim had been lost to another worker (nothing recorded).
         """
+        attempts = entry.attempts if count_attempt else max(0, entry.attempts - 1)
         now = self._clock()
         status = Status.RETRYING if retry_at is not None else Status.DEAD
         with self._engine.begin() as conn:
@@ -268,6 +271,7 @@ class Outbox:
                     claim_token=None,
                     claimed_until=None,
                     next_attempt_at=retry_at or now,
+                    attempts=attempts,
                     last_error=reason,
                     updated_at=now,
                 )
@@ -278,7 +282,7 @@ class Outbox:
                 conn.execute(
                     update(inbox_messages)
                     .where(inbox_messages.c.id == entry.inbox_id)
-                    .values(status=status, attempts=entry.attempts, last_error=reason, updated_at=now)
+                    .values(status=status, attempts=attempts, last_error=reason, updated_at=now)
                 )
             if status == Status.DEAD:
                 add_dead_letter(
