@@ -97,3 +97,21 @@ def test_usage_error_exit_2() -> None:
     result = run("replay", "--since", "yesterday-ish", "--until", "now")
     assert result.returncode == 2
     assert "not an ISO 8601 time" in result.stderr
+
+
+def test_doctor_all_green_against_real_servers(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                               mariadb_url: str, redis_server, hapi_url: str) -> None:
+    monkeypatch.setenv("MEORING_STORE__URL", mariadb_url)
+    monkeypatch.setenv("MEORING_FHIR__BASE_URL", hapi_url)
+    monkeypatch.setenv("MEORING_REDIS__URL", redis_server.url)
+    monkeypatch.delenv("MEORING_CONFIG", raising=False)
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["doctor"]) == 0
+    assert capsys.readouterr().out.strip() == "ok: 3 checks passed (store, fhir, redis)"
+    from tests.stack import free_port
+
+    monkeypatch.setenv("MEORING_REDIS__URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    assert main(["doctor"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("redis: redis://127.0.0.1:") and "unreachable" in lines[0]
