@@ -131,9 +131,9 @@ def dry_run(channel: str, path: Path, settings: HubSettings, *, explain: bool = 
         inbound = InboundMessage(inbox_id=0, channel=channel, source=message.source, payload=message.payload,
                                  received_at=utcnow(), message_id=message.message_id,
                                  content_type=message.content_type)
-        explainer = getattr(translator, "explain", None)
+        explainer = getattr(translator, "explain_lines", None)
         if explain and callable(explainer):
-            outputs.append(str(explainer(inbound)))
+            outputs.extend(str(line) for line in explainer(inbound))
             continue
         translation = translator.translate(inbound)
         outputs.append(json.dumps(translation.bundle, indent=2, ensure_ascii=False))
@@ -145,10 +145,19 @@ def dry_run(channel: str, path: Path, settings: HubSettings, *, explain: bool = 
     return "\n".join(outputs)
 
 
-def validate_mappings(directory: Path | None = None) -> list[str]:
+# channel -> "module:function(directory) -> list[problem]" for `meoring mappings validate`.
+ADAPTER_MAPPING_VALIDATORS: dict[str, str] = {
+    "hl7v2": "adapters.hl7v2.validation:validate_mappings",
+}
+
+
+def validate_mappings(directory: Path | None = None, *, channel: str = "hl7v2") -> list[str]:
     """Problems in the mapping files (each names file and line); empty when all is well."""
-    module = importlib.import_module("hub.mapping")
-    check: Callable[..., list[object]] = module.validate_mappings
+    target = ADAPTER_MAPPING_VALIDATORS.get(channel)
+    if target is None:
+        raise HubError(f"no mapping files for channel {channel!r}")
+    module_name, _, function_name = target.partition(":")
+    check: Callable[..., list[object]] = getattr(importlib.import_module(module_name), function_name)
     return [str(problem) for problem in check(directory or default_mappings_dir())]
 
 

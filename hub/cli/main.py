@@ -327,7 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:
         log.error("unexpected error", exc_info=exc, extra={"event": "cli_crashed"})
-        sys.stderr.write(f"meoring: unexpected {type(exc).__name__} (run with -v for the log)\n")
+        if args.verbose:
+            # Asked for by the operator: the traceback may quote data, so only with -v.
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"meoring: unexpected {type(exc).__name__} (run with -v for the traceback)\n")
         return 1
 
 

@@ -209,7 +209,7 @@ class OpenEmrDeliverer:
         self._invalidate("Patient", patient_uuid)
         fhir_id = self._mirror(patient_uuid)
         log.info("openemr patient created" if created else "openemr patient already present",
-                 extra={"event": "openemr_patient_create", "created": created, "fhir_outbox_id": fhir_id})
+                 extra={"event": "openemr_patient_create", "new": created, "fhir_outbox_id": fhir_id})
         return AppliedWrite(patient_uuid, created, pid=pid, fhir_outbox_id=fhir_id)
 
     def _update_patient(self, body: Mapping[str, Any]) -> AppliedWrite:
@@ -244,7 +244,7 @@ class OpenEmrDeliverer:
         self._invalidate("DocumentReference")
         resource = self._document_resource(body, patient_uuid, pid, document_id)
         fhir_id = self._mirror(patient_uuid, [resource])
-        log.info("openemr document stored", extra={"event": "openemr_document", "created": created,
+        log.info("openemr document stored", extra={"event": "openemr_document", "new": created,
                                                    "document_id": document_id, "fhir_outbox_id": fhir_id})
         return AppliedWrite(patient_uuid, created, pid=pid, document_id=document_id, fhir_outbox_id=fhir_id)
 

@@ -1,0 +1,107 @@
+"""Assembling the output: a FHIR R4 ``transaction`` Bundle of ``PUT Type/id`` entries, and the
+Provenance that records where a message's resources came from.
+
+PUT with deterministic ids makes delivery idempotent (FHIR R4 http.html#update, "update as
+create"): replaying a message, or receiving an A08 after its A01, updates the same resources.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = ["full_url", "provenance", "transaction"]
+
+_FULL_URL_NAMESPACE = uuid.UUID("6f1c2b1e-6d0a-5c8e-9a57-3d2f0e8b4c11")
+INBOX_SYSTEM = "urn:meoring:inbox"
+MESSAGE_SYSTEM = "urn:meoring:message-control-id"
+
+
+def full_url(resource_type: str, resource_id: str) -> str:
+    """A stable ``urn:uuid:`` for an entry (R4 bdl: every transaction entry needs a fullUrl; the
+    server's base URL is not known when translating). References stay ``Type/id``."""
+    return f"urn:uuid:{uuid.uuid5(_FULL_URL_NAMESPACE, f'{resource_type}/{resource_id}')}"
+
+
+def transaction(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """A transaction Bundle updating each resource by type and id."""
+    entries = []
+    for resource in resources:
+        kind, rid = resource["resourceType"], resource["id"]
+        entries.append(
+            {
+                "fullUrl": full_url(kind, rid),
+                "resource": resource,
+                "request": {"method": "PUT", "url": f"{kind}/{rid}"},
+            }
+        )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def provenance(
+    *,
+    resource_id: str,
+    targets: Sequence[str],
+    recorded: str,
+    sender: str,
+    sender_system: str,
+    message_id: str,
+    inbox_id: int | None,
+    activity: dict[str, Any] | None = None,
+    occurred: str | None = None,
+) -> dict[str, Any]:
+    """One Provenance for a message (FHIR R4 Provenance; HL7 v2-to-FHIR IG MSH[Provenance]).
+
+    ``targets`` are ``Type/id`` references to every resource the message touched; the message
+    is an entity (role ``source``) identified by its control id within the sender's namespace,
+    and the inbox record (the raw message as received) a second one.
+    """
+    entities: list[dict[str, Any]] = [
+        {
+            "role": "source",
+            "what": {
+                "identifier": {
+                    "system": MESSAGE_SYSTEM,
+                    "value": message_id,
+                    "assigner": {"display": sender},
+                },
+                "display": "inbound message",
+            },
+        }
+    ]
+    if inbox_id is not None:
+        entities.append(
+            {
+                "role": "source",
+                "what": {
+                    "identifier": {"system": INBOX_SYSTEM, "value": str(inbox_id)},
+                    "display": "inbox record",
+                },
+            }
+        )
+    body: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": resource_id,
+        "target": [{"reference": ref} for ref in targets],
+        "recorded": recorded,
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "author",
+                        }
+                    ]
+                },
+                "who": {"identifier": {"system": sender_system, "value": sender}, "display": sender},
+            }
+        ],
+        "entity": entities,
+    }
+    if occurred:
+        body["occurredDateTime"] = occurred
+    if activity:
+        body["activity"] = activity
+    return body
