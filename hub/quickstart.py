@@ -63,7 +63,8 @@ def run_quickstart(settings: HubSettings, *, samples: list[Path] | None = None, 
         stats = store.stats()
         types: Counter[str] = Counter()
         for resource_type in ("Patient", "Encounter", "Observation", "DiagnosticReport", "ServiceRequest",
-                              "AllergyIntolerance", "Condition", "Provenance"):
+                              "AllergyIntolerance", "Condition", "Immunization", "Appointment",
+                              "DocumentReference", "Provenance"):
             types[resource_type] = _count(client, resource_type)
         _say(f"FHIR server {base} now holds: "
              + ", ".join(f"{n} {t}" for t, n in types.items() if n))

@@ -223,6 +223,9 @@ def cmd_mllp(args: argparse.Namespace, settings: HubSettings) -> int:
 def cmd_quickstart(args: argparse.Namespace, settings: HubSettings) -> int:
     from hub.quickstart import run_quickstart
 
+    if not args.verbose:
+        # A person is watching: a summary, not a JSON line per delivered message.
+        configure_logging("WARNING", json_format=False)
     return run_quickstart(settings, samples=[Path(p) for p in args.samples] if args.samples else None)
 
 
