@@ -67,6 +67,25 @@ def add_dead_letter(
     )
 
 
+def _insert_pending(conn: Connection, *, now: datetime, inbox_id: int | None, target: str, operation: str,
+                    body: str, resource_count: int) -> int:
+    result = conn.execute(
+        insert(outbox).values(
+            inbox_id=inbox_id,
+            target=target,
+            operation=operation,
+            body=body,
+            resource_count=resource_count,
+            status=Status.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
 class Outbox:
     def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
         self._engine = engine
@@ -103,20 +122,9 @@ class Outbox:
                     ).rowcount
                     if not changed:
                         continue
-                    conn.execute(
-                        insert(outbox).values(
-                            inbox_id=outcome.inbox_id,
-                            target=outcome.target,
-                            operation=outcome.operation,
-                            body=outcome.body,
-                            resource_count=outcome.resource_count,
-                            status=Status.PENDING,
-                            attempts=0,
-                            next_attempt_at=now,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    )
+                    _insert_pending(conn, now=now, inbox_id=outcome.inbox_id, target=outcome.target,
+                                    operation=outcome.operation, body=outcome.body,
+                                    resource_count=outcome.resource_count)
                 else:
                     changed = conn.execute(
                         update(inbox_messages)
@@ -147,21 +155,8 @@ class Outbox:
         """Queue a delivery that did not come through the inbox (e.g. an OpenEMR write)."""
         now = self._clock()
         with self._engine.begin() as conn:
-            result = conn.execute(
-                insert(outbox).values(
-                    inbox_id=inbox_id,
-                    target=target,
-                    operation=operation,
-                    body=body,
-                    resource_count=resource_count,
-                    status=Status.PENDING,
-                    attempts=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+            return _insert_pending(conn, now=now, inbox_id=inbox_id, target=target, operation=operation,
+                                   body=body, resource_count=resource_count)
 
     # -- deliver stage ----------------------------------------------------------------
     def claim_due(self, *, limit: int, lease: timedelta, target: str | None = None) -> list[OutboxEntry]:
