@@ -15,6 +15,7 @@ import asyncio
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from hub.config import HubSettings
@@ -66,9 +67,11 @@ def read_hl7v2_file(path: Path, *, source: str | None = None) -> list[IncomingMe
 class Hl7v2Receiver:
     """The :class:`~adapters.hl7v2.mllp.FrameHandler` for HL7 v2 over MLLP."""
 
-    def __init__(self, writer: GroupCommitWriter, translator: Hl7v2Translator | None = None) -> None:
+    def __init__(self, writer: GroupCommitWriter, translator: Hl7v2Translator | None = None, *,
+                 on_stored: Callable[[], None] | None = None) -> None:
         self._writer = writer
         self._translator = translator
+        self._on_stored = on_stored
         self.accepted = 0
         self.rejected = 0
         self.duplicates = 0
@@ -129,6 +132,8 @@ class Hl7v2Receiver:
             self.duplicates += 1
         else:
             self.accepted += 1
+            if self._on_stored is not None:
+                self._on_stored()
         log.info(
             "hl7v2 message stored",
             extra={
@@ -161,8 +166,9 @@ def _ssl_context(settings: HubSettings) -> ssl.SSLContext | None:
     return context
 
 
-def build_listener(settings: HubSettings, writer: GroupCommitWriter) -> MllpListener:
-    receiver = Hl7v2Receiver(writer, default_translator())
+def build_listener(settings: HubSettings, writer: GroupCommitWriter,
+                   on_stored: Callable[[], None] | None = None) -> MllpListener:
+    receiver = Hl7v2Receiver(writer, default_translator(), on_stored=on_stored)
     return MllpListener(
         settings.mllp.host,
         settings.mllp.port,
@@ -173,12 +179,13 @@ def build_listener(settings: HubSettings, writer: GroupCommitWriter) -> MllpList
     )
 
 
-async def _serve(settings: HubSettings, store: Store, stop: threading.Event | None) -> None:
+async def _serve(settings: HubSettings, store: Store, stop: threading.Event | None,
+                 on_stored: Callable[[], None] | None = None) -> None:
     with store.group_writer(
         max_batch=settings.store.group_commit_max_batch,
         max_wait=settings.store.group_commit_max_wait_ms / 1000,
     ) as writer:
-        listener = build_listener(settings, writer)
+        listener = build_listener(settings, writer, on_stored)
         await listener.start()
         try:
             if stop is None:
@@ -199,6 +206,11 @@ def run_mllp(settings: HubSettings, store: Store) -> int:
     return 0
 
 
-def run_mllp_in_thread(settings: HubSettings, store: Store, stop: threading.Event) -> threading.Thread:
-    """The listener on its own event loop in a thread (``meoring serve``); ends when ``stop`` is set."""
-    return threading.Thread(target=lambda: asyncio.run(_serve(settings, store, stop)), name="mllp", daemon=True)
+def run_mllp_in_thread(settings: HubSettings, store: Store, stop: threading.Event,
+                       on_stored: Callable[[], None] | None = None) -> threading.Thread:
+    """The listener on its own event loop in a thread (``meoring serve``); ends when ``stop`` is set.
+
+    ``on_stored`` is called for each newly stored message (the hub's received-messages counter).
+    """
+    return threading.Thread(target=lambda: asyncio.run(_serve(settings, store, stop, on_stored)), name="mllp",
+                            daemon=True)
