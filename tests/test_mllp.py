@@ -42,6 +42,9 @@ class Running:
         asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        # An unclosed loop leaks its self-pipe sockets to the garbage collector, whose
+        # ResourceWarning (an error here) can land inside another thread's ast.parse.
+        self.loop.close()
         self.writer.close()
 
 
