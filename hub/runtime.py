@@ -6,6 +6,7 @@ only sees the :class:`~hub.pipeline.translator.Translator` protocol.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
@@ -113,13 +114,11 @@ def read_fhir_file(path: Path, *, source: str | None = None) -> list[IncomingMes
     raw = path.read_bytes()
     chunks = [line for line in raw.splitlines() if line.strip()] if path.suffix == ".ndjson" else [raw]
     sender = source or f"file:{path.name}"
-    messages = []
-    for chunk in chunks:
-        message = IncomingMessage(channel="fhir", source=sender, payload=chunk,
-                                  content_type="application/fhir+json")
-        messages.append(IncomingMessage(channel="fhir", source=sender, payload=chunk,
-                                        content_type="application/fhir+json", message_id=message.content_hash))
-    return messages
+    return [
+        IncomingMessage(channel="fhir", source=sender, payload=chunk, content_type="application/fhir+json",
+                        message_id=hashlib.sha256(chunk).hexdigest())
+        for chunk in chunks
+    ]
 
 
 def dry_run(channel: str, path: Path, settings: HubSettings, *, explain: bool = False,
