@@ -258,6 +258,24 @@ def _open(frames: list[_Frame], index: int, name: str) -> Group:
             return new
 
 
+_PRIOR_GROUPS = frozenset({"PRIOR_RESULT", "ORDER_PRIOR"})
+
+
+def _weak_prior_reading(frames: list[_Frame], depth: int, index: int) -> bool:
+    """Whether placing a segment at child ``index`` of frame ``depth`` is only the weak reading
+    of an ambiguous structure: opening a PRIOR_RESULT from an ORC/OBR, or repeating an
+    ORDER_PRIOR. Then the next outer order wins if there is one (OML_O21, ORL...). The first
+    ORDER_PRIOR of a PRIOR_RESULT opened by its own PID/PV1 is the strong reading and stays.
+    """
+    frame = frames[depth]
+    child = frame.defn.children[index]
+    if not isinstance(child, GroupDef) or child.name not in _PRIOR_GROUPS:
+        return False
+    if child.name == "PRIOR_RESULT" or index == frame.pos:
+        return True
+    return bool(frame.group.groups(child.name))  # a second ORDER_PRIOR
+
+
 def group(segments: list[Segment], structure: str) -> Group:
     """The group tree of a message's segments under the abstract syntax of ``structure``.
 
@@ -275,13 +293,24 @@ def group(segments: list[Segment], structure: str) -> Group:
         for loose in (False, True):
             if loose and name in _CONTEXTUAL:
                 break
+            found: tuple[int, int] | None = None
             for depth in range(len(frames) - 1, -1, -1):
                 frame = frames[depth]
                 index = _find(frame.defn, frame.pos, name, loose)
-                if index >= 0:
-                    del frames[depth + 1 :]
-                    target = _open(frames, index, name)
+                if index < 0:
+                    continue
+                # An ORC/OBR that could open or repeat a nested prior-result group, or start
+                # the next order further out: the next order is by far the likelier reading
+                # (prior results begin with their own PID/PV1), so look further out first.
+                if not _weak_prior_reading(frames, depth, index):
+                    found = (depth, index)
                     break
+                if found is None:
+                    found = (depth, index)
+            if found is not None:
+                depth, index = found
+                del frames[depth + 1 :]
+                target = _open(frames, index, name)
             if target is not None:
                 break
         if target is None:  # not expected anywhere ahead: keep it where it stands
