@@ -147,3 +147,16 @@ def test_a_held_delivery_waits_without_using_up_attempts(store_url: str) -> None
     assert store.stats().inbox_by_status == {Status.RETRYING: 1}
     assert worker.run_once().delivered == 1  # the person acted: it goes through
     store.close()
+
+
+def test_a_409_conflict_from_a_race_is_retried_not_dead_lettered(store: Store) -> None:
+    store.inbox.receive(fhir_msg("c1"))
+    conflict = RejectedByServer("HTTP 409 Conflict: conditional constraint failure", status=409)
+    deliverer = ScriptedDeliverer([conflict])
+    worker = make_worker(store, deliverer, backoff_base_s=0.001, backoff_max_s=0.001)
+    assert worker.run_once().retried == 1
+    assert store.replay.dead_letters() == []
+    import time
+
+    time.sleep(0.01)
+    assert worker.run_once().delivered == 1

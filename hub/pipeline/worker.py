@@ -162,7 +162,13 @@ class PipelineWorker:
     def _failed(self, entry: OutboxEntry, exc: Exception) -> str:
         reason = describe_error(exc)
         # Unknown errors are retried: they may be passing (a driver hiccup); attempts still run out.
-        transient = isinstance(exc, TransientDeliveryError) or not isinstance(exc, HubError)
+        # So is 409 Conflict: HAPI answers it when two requests raced (e.g. a timed-out
+        # conditional create and its retry); the next attempt finds the winner's resource.
+        transient = (
+            isinstance(exc, TransientDeliveryError)
+            or (isinstance(exc, DeliveryError) and exc.status == 409)
+            or not isinstance(exc, HubError)
+        )
         if not isinstance(exc, HubError):
             log.error("delivery crashed", exc_info=exc,
                       extra={"event": "deliver_crashed", "outbox_id": entry.outbox_id})
