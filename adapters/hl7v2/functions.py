@@ -14,6 +14,7 @@ import binascii
 import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -91,8 +92,17 @@ def convert_dtm(text: str, *, want: str = "dateTime", default_offset: str | None
     """HL7 DTM/TS/DT → FHIR ``date``, ``dateTime`` or ``instant`` text.
 
     Returns (value or None, problem) - problem is "" when all went well, otherwise a short
-    reason (``not a valid date``, ``time without UTC offset; date kept``...).
+    reason (``not a valid date``, ``time without UTC offset; date kept``...). A pure function
+    of its arguments, remembered for the last few thousand (a feed repeats its timestamps).
     """
+    return _convert_dtm(text, want, default_offset)
+
+
+_OFFSET = re.compile(r"^[+-](0\d|1[0-3]):[0-5]\d$|^[+-]14:00$")
+
+
+@lru_cache(maxsize=8192)
+def _convert_dtm(text: str, want: str, default_offset: str | None) -> tuple[str | None, str]:
     match = _DTM.match(text.replace(" ", ""))
     if match is None:
         return None, "not a valid HL7 date/time"
@@ -117,7 +127,7 @@ def convert_dtm(text: str, *, want: str = "dateTime", default_offset: str | None
         if want == "instant":
             return None, "time without UTC offset"
         return day, "time without UTC offset; date kept"
-    if not re.match(r"^[+-](0\d|1[0-3]):[0-5]\d$|^[+-]14:00$", offset):
+    if not _OFFSET.match(offset):
         return day, "UTC offset out of range; date kept"
     fraction = f or ""
     return f"{day}T{h}:{mi or '00'}:{s or '00'}{fraction}{offset}", ""
@@ -127,11 +137,16 @@ def _msh_offset(node: Any) -> str | None:
     doc = getattr(node, "doc", None)
     if doc is None:
         return None
+    cache = getattr(doc, "cache", None)
+    if cache is not None and "msh_offset" in cache:
+        found: str | None = cache["msh_offset"]
+        return found
     stamp = doc.message.header.timestamp
     match = _DTM.match(stamp.replace(" ", "")) if stamp else None
-    if match and match["tz"]:
-        return _norm_tz(match["tz"])
-    return None
+    offset = _norm_tz(match["tz"]) if match and match["tz"] else None
+    if cache is not None:
+        cache["msh_offset"] = offset
+    return offset
 
 
 def _default_offset(node: Any, text: str) -> str | None:
@@ -235,13 +250,18 @@ def _segment_units(node: Any, field: int) -> tuple[str | None, str | None, str |
 
 
 def _unit_fields(code: str | None, text: str | None, system: str | None) -> dict[str, Any]:
+    return dict(_unit_items(code, text, system))
+
+
+@lru_cache(maxsize=4096)
+def _unit_items(code: str | None, text: str | None, system: str | None) -> tuple[tuple[str, str], ...]:
     out: dict[str, Any] = {}
     if text or code:
         out["unit"] = text or code
     if code and ((system or "").upper() in ("UCUM", "ANSI+UCUM", "UCUM+ANSI") or (not system and code in COMMON_UCUM)):
         out["system"] = UCUM
         out["code"] = code
-    return out
+    return tuple(out.items())
 
 
 def f_units(node: Any, ctx: FunctionContext, args: Mapping[str, Any]) -> Any:
@@ -261,10 +281,11 @@ def f_quantity(node: Any, ctx: FunctionContext, args: Mapping[str, Any]) -> Any:
     if not text:
         return None
     comparator = None
-    for sign in (">=", "<=", ">", "<"):
-        if text.startswith(sign):
-            comparator, text = sign, text[len(sign) :].strip()
-            break
+    if text[0] in "<>":
+        for sign in (">=", "<=", ">", "<"):
+            if text.startswith(sign):
+                comparator, text = sign, text[len(sign) :].strip()
+                break
     value = _number(text)
     if value is None:
         ctx.warn(f"{_location(node)}: not a number; left out")
@@ -272,7 +293,7 @@ def f_quantity(node: Any, ctx: FunctionContext, args: Mapping[str, Any]) -> Any:
     quantity: dict[str, Any] = {"value": value}
     if comparator:
         quantity["comparator"] = comparator
-    quantity.update(_unit_fields(*_segment_units(node, int(args.get("units", 6)))))
+    quantity.update(_unit_items(*_segment_units(node, int(args.get("units", 6)))))
     return quantity
 
 
@@ -516,25 +537,35 @@ def f_message_type(node: Any, ctx: FunctionContext, args: Mapping[str, Any]) -> 
     return "^".join(p for p in parts if p) or None
 
 
+def _value_pure(function: Function) -> Function:
+    """Mark a transform whose result depends only on the text of the value it is applied to
+    (reads relative to the node, the rule's args and ConceptMaps; its only effect a warning):
+    datatype maps built from such transforms may be memoised (:mod:`hub.mapping.plan`).
+    Transforms reading other fields (``quantity`` reads OBX-6), MSH-7 or settings (the date
+    transforms: the default UTC offset) are not."""
+    setattr(function, "value_pure", True)  # noqa: B010 - an attribute on a function object
+    return function
+
+
 FUNCTIONS: dict[str, Function] = {
     "datetime": _time_function("dateTime"),
     "date": _time_function("date"),
     "instant": _time_function("instant"),
-    "time": f_time,
-    "decimal": f_decimal,
-    "integer": f_integer,
-    "boolean": f_boolean,
-    "units": f_units,
+    "time": _value_pure(f_time),
+    "decimal": _value_pure(f_decimal),
+    "integer": _value_pure(f_integer),
+    "boolean": _value_pure(f_boolean),
+    "units": _value_pure(f_units),
     "quantity": f_quantity,
     "sn": f_sn,
-    "text": f_text,
-    "hd_system": f_hd_system,
-    "coding_system": f_coding_system,
-    "name_text": f_name_text,
-    "location_text": f_location_text,
-    "xtn_value": f_xtn_value,
-    "attachment": f_attachment,
+    "text": _value_pure(f_text),
+    "hd_system": _value_pure(f_hd_system),
+    "coding_system": _value_pure(f_coding_system),
+    "name_text": _value_pure(f_name_text),
+    "location_text": _value_pure(f_location_text),
+    "xtn_value": _value_pure(f_xtn_value),
+    "attachment": _value_pure(f_attachment),
     "text_document": f_text_document,
-    "join": f_join_fields,
-    "message_type": f_message_type,
+    "join": _value_pure(f_join_fields),
+    "message_type": _value_pure(f_message_type),
 }

@@ -193,12 +193,41 @@ class Segment:
         yields a primitive (HL7 v2.5.1 Ch. 2.5.3.x, "first component" rule for senders that
         send components in a primitive field).
         """
-        raw = self._primitive(field, rep, comp, sub)
-        if not raw or raw == '""':
+        if comp < 1 or sub < 1 or (field <= 2 and self.name in _LITERAL_HEADERS):
+            raw = self._primitive(field, rep, comp, sub)
+            if not raw or raw == '""':
+                return None
+            esc = self.enc.escape
+            if esc and esc in raw and not self._literal(field):
+                return unescape(raw, self.enc, self.charset)
+            return raw
+        # the common case, inlined (mapping reads thousands of values per second)
+        comps = self._cache.get(field * 1000 + rep)
+        if comps is None:
+            comps = self._components(field, rep)
+            if comps is None:
+                return None
+        if comp > len(comps):
             return None
-        esc = self.enc.escape
-        if esc and esc in raw and not self._literal(field):
-            return unescape(raw, self.enc, self.charset)
+        raw = comps[comp - 1]
+        if not raw:
+            return None
+        enc = self.enc
+        separator = enc.subcomponent
+        if separator and separator in raw:
+            parts = raw.split(separator)
+            if sub > len(parts):
+                return None
+            raw = parts[sub - 1]
+            if not raw:
+                return None
+        elif sub > 1:
+            return None
+        if raw == '""':
+            return None
+        esc = enc.escape
+        if esc and esc in raw:
+            return unescape(raw, enc, self.charset)
         return raw
 
     def text(self, field: int, rep: int = 1) -> str | None:

@@ -28,7 +28,7 @@ from typing import Any
 from hub.mapping.source import ABSENT, NULL, VALUED, Function
 
 from .escape import unescape
-from .parser import Message, Presence, Segment
+from .parser import _LITERAL_HEADERS, Message, Presence, Segment
 from .structure import Group
 
 __all__ = ["GroupNode", "HPath", "Hl7Dialect", "Hl7Document", "SegmentNode", "ValueNode"]
@@ -54,11 +54,24 @@ class HPath:
     is_self: bool = False
     local: bool = False  # no root, '..' or group steps: relative to the current segment or value
     rel: bool = False  # numbers only (no segment name, no repetition): "3", "4.1"
+    #: read from a value node, the path stays inside that value ("3", "4.1", "."): what
+    #: :mod:`hub.mapping.plan` needs to memoise a datatype map
+    value_relative: bool = False
+    field: int = 0  # numbers[0], or 0
+    first_comp: int = 1  # component read by value() (numbers[1], else the first)
+    first_sub: int = 1  # subcomponent read by value()
 
     def __post_init__(self) -> None:
+        numbers = self.numbers
+        if numbers:
+            object.__setattr__(self, "field", numbers[0])
+            object.__setattr__(self, "first_comp", numbers[1] if len(numbers) > 1 else 1)
+            object.__setattr__(self, "first_sub", numbers[2] if len(numbers) > 2 else 1)
         local = not (self.root or self.up or self.groups or self.group_tail or self.is_self)
         object.__setattr__(self, "local", local)
         object.__setattr__(self, "rel", local and not self.segment and bool(self.numbers) and not self.rep)
+        inside = not (self.root or self.up or self.groups or self.group_tail or self.segment)
+        object.__setattr__(self, "value_relative", inside and (bool(self.numbers) or self.is_self))
 
 
 def _numbers(text: str) -> tuple[tuple[int, ...], int]:
@@ -130,7 +143,18 @@ _PRESENCE = {Presence.ABSENT: ABSENT, Presence.NULL: NULL, Presence.VALUED: VALU
 class Hl7Document:
     """A parsed message with its group tree, as seen by the engine."""
 
-    __slots__ = ("consumed", "ignored", "message", "parents", "root", "settings", "touched", "tree")
+    __slots__ = (
+        "_children",
+        "cache",
+        "consumed",
+        "ignored",
+        "memo_context",
+        "message",
+        "parents",
+        "settings",
+        "touched",
+        "tree",
+    )
 
     def __init__(self, message: Message, tree: Group, settings: Any = None) -> None:
         self.message = message
@@ -139,6 +163,13 @@ class Hl7Document:
         self.consumed: set[tuple[int, int]] = set()
         self.ignored: set[tuple[int, int]] = set()  # fields that are not data (Set IDs)
         self.touched: set[int] = set()
+        self.cache: dict[str, Any] = {}  # per-message facts transforms derive once (MSH-7 offset)
+        self._children: dict[int, dict[str, list[Any]]] = {}  # id(group) → children by name
+        enc = message.header.encoding
+        #: delimiters and character set as one string: part of every value's memo key
+        self.memo_context = repr(
+            (enc.field, enc.component, enc.repetition, enc.escape, enc.subcomponent, enc.truncation, message.codec)
+        )
         self.parents: dict[int, Group] = {}
         stack = [tree]
         while stack:
@@ -148,7 +179,22 @@ class Hl7Document:
                     self.parents[child.position] = group
                 else:
                     stack.append(child)
-        self.root = GroupNode(self, tree)
+
+    @property
+    def root(self) -> GroupNode:
+        """The node of the whole message (made on demand: a stored one would be a reference
+        cycle document ↔ node, left for the cyclic garbage collector)."""
+        return GroupNode(self, self.tree)
+
+    def release(self) -> None:
+        """Break the group tree's parent links (group ↔ parent group cycles) once the message is
+        translated, so that its objects are freed at once rather than by the cyclic collector."""
+        stack = [self.tree]
+        while stack:
+            group = stack.pop()
+            group.parent = None
+            stack.extend(child for child in group.children if not isinstance(child, Segment))
+        self._children = {}
 
     def consume(self, segment: Segment, *fields: int) -> None:
         for number in fields:
@@ -159,21 +205,26 @@ class Hl7Document:
         out: list[str] = []
         seen: set[str] = set()
         consumed = self.consumed
+        ignored = self.ignored
+        touched = self.touched
+        strips: dict[int, str] = {}
         for seg in self.message.segments:
             position = seg.position
-            strip = seg.enc.component + seg.enc.repetition + seg.enc.subcomponent + " "
+            enc = seg.enc
+            strip = strips.get(id(enc))
+            if strip is None:
+                strip = strips[id(enc)] = enc.component + enc.repetition + enc.subcomponent + " "
             fields = [
                 n
                 for n, raw in enumerate(seg.fields)
                 if n
                 and raw
                 and raw != '""'
-                and raw.strip(strip)
-                and raw.strip(strip) != '""'
-                and (position, n) not in self.ignored
+                and (bare := raw.strip(strip))
+                and bare != '""'
+                and (position, n) not in ignored
             ]
-            used = [n for n in fields if (position, n) in consumed]
-            if not used and position not in self.touched:
+            if position not in touched and not any((position, n) in consumed for n in fields):
                 names = [seg.name]
             else:
                 names = [f"{seg.name}-{n}" for n in fields if (position, n) not in consumed]
@@ -190,28 +241,47 @@ class Hl7Document:
     def _value_nodes(self, seg: Segment, numbers: tuple[int, ...], rep: int) -> list[Any]:
         field = numbers[0]
         self.consumed.add((seg.position, field))
-        count = len(seg.repetitions(field))
-        if not count:
+        fields = seg.fields
+        raw = fields[field] if field < len(fields) else ""
+        if not raw:
             return []
+        separator = seg.enc.repetition
+        if separator and separator in raw and not (field <= 2 and seg.name in _LITERAL_HEADERS):
+            count = raw.count(separator) + 1
+        else:
+            count = 1
         comp = numbers[1] if len(numbers) > 1 else 0
         sub = numbers[2] if len(numbers) > 2 else 0
         if rep:
             return [ValueNode(self, seg, field, rep, comp, sub)] if rep <= count else []
         return [ValueNode(self, seg, field, r, comp, sub) for r in range(1, count + 1)]
 
+    def children(self, group: Group) -> dict[str, list[Any]]:
+        """The direct children of a group instance by segment / group name (built once)."""
+        index = self._children.get(id(group))
+        if index is None:
+            index = {}
+            for child in group.children:
+                found = index.get(child.name)
+                if found is None:
+                    index[child.name] = [child]
+                else:
+                    found.append(child)
+            self._children[id(group)] = index
+        return index
+
     def segments_in(self, group: Group, name: str, occurrence: int) -> list[Segment]:
-        found = [c for c in group.children if isinstance(c, Segment) and c.name == name]
+        found = [c for c in self.children(group).get(name, ()) if isinstance(c, Segment)]
         if occurrence:
             found = found[occurrence - 1 : occurrence]
         for seg in found:
             self.touched.add(seg.position)
         return found
 
-
-def _descend(groups: list[Group], names: tuple[str, ...]) -> list[Group]:
-    for name in names:
-        groups = [child for g in groups for child in g.children if isinstance(child, Group) and child.name == name]
-    return groups
+    def descend(self, groups: list[Group], names: tuple[str, ...]) -> list[Group]:
+        for name in names:
+            groups = [child for g in groups for child in self.children(g).get(name, ()) if isinstance(child, Group)]
+        return groups
 
 
 class _Node:
@@ -225,18 +295,18 @@ class _Node:
 
     def _resolve(self, groups: list[Group], path: HPath) -> list[Any]:
         doc = self.doc
-        groups = _descend(groups, path.groups)
+        groups = doc.descend(groups, path.groups)
         if path.is_self:
             return [GroupNode(doc, g) for g in groups]
         if path.group_tail:
-            return [GroupNode(doc, g) for g in _descend(groups, (path.group_tail,))]
+            return [GroupNode(doc, g) for g in doc.descend(groups, (path.group_tail,))]
         segments = [s for g in groups for s in doc.segments_in(g, path.segment, path.occurrence)]
         if not path.numbers:
             return [SegmentNode(doc, s) for s in segments]
         return [node for s in segments for node in doc._value_nodes(s, path.numbers, path.rep)]
 
     def _first_segment(self, groups: list[Group], path: HPath) -> Segment | None:
-        groups = _descend(groups, path.groups)
+        groups = self.doc.descend(groups, path.groups)
         for group in groups:
             found = self.doc.segments_in(group, path.segment, path.occurrence)
             if found:
@@ -336,6 +406,39 @@ class SegmentNode(_Node):
         return [_up(self.doc.group_of(self.segment), path.up)]
 
     def select(self, path: HPath) -> Sequence[Any]:
+        if path.local:
+            segment = self.segment
+            name = path.segment
+            own = (not name or name == segment.name) and (not path.occurrence or path.occurrence == segment.occurrence)
+            if path.numbers:
+                if not own:
+                    return self._resolve(self._base(path), path)
+                # a field of this segment, every repetition (the common case; _value_nodes inlined)
+                doc = self.doc
+                field = path.field
+                doc.consumed.add((segment.position, field))
+                fields = segment.fields
+                raw = fields[field] if field < len(fields) else ""
+                if not raw:
+                    return []
+                separator = segment.enc.repetition
+                if separator and separator in raw and not (field <= 2 and segment.name in _LITERAL_HEADERS):
+                    count = raw.count(separator) + 1
+                else:
+                    count = 1
+                numbers = path.numbers
+                comp = numbers[1] if len(numbers) > 1 else 0
+                sub = numbers[2] if len(numbers) > 2 else 0
+                rep = path.rep
+                if rep:
+                    return [ValueNode(doc, segment, field, rep, comp, sub)] if rep <= count else []
+                if count == 1:
+                    return [ValueNode(doc, segment, field, 1, comp, sub)]
+                return [ValueNode(doc, segment, field, r, comp, sub) for r in range(1, count + 1)]
+            if not own:  # sibling segments in this segment's group (OBX → NTE)
+                doc = self.doc
+                group = _up(doc.group_of(segment), path.up)
+                return [SegmentNode(doc, s) for s in doc.segments_in(group, name, path.occurrence)]
         if path.is_self and not path.up and not path.root and not path.groups:
             return [self]
         if self._own(path) and not path.group_tail:
@@ -347,12 +450,15 @@ class SegmentNode(_Node):
     def value(self, path: HPath | None) -> str | None:
         if path is None or not path.numbers:
             return None
+        segment = self.segment
         if (
             path.local
-            and (not path.segment or path.segment == self.segment.name)
-            and (not path.occurrence or path.occurrence == self.segment.occurrence)
+            and (not path.segment or path.segment == segment.name)
+            and (not path.occurrence or path.occurrence == segment.occurrence)
         ):
-            return _read(self.doc, self.segment, path.numbers, path.rep)
+            field = path.field
+            self.doc.consumed.add((segment.position, field))
+            return segment.value(field, path.rep or 1, path.first_comp, path.first_sub)
         seg = self._first_segment(self._base(path), path)
         return _read(self.doc, seg, path.numbers, path.rep) if seg is not None else None
 
@@ -417,6 +523,19 @@ class ValueNode(_Node):
             return [node] if node.presence_self() != ABSENT else []
         return SegmentNode(self.doc, self.segment).select(path)
 
+    def memo_key(self) -> tuple[Any, ...] | None:
+        """What every value-relative read from this node depends on: the raw text of this
+        repetition / component / subcomponent, its level, the delimiters and the character set
+        (None for MSH-1/MSH-2, which are read literally)."""
+        segment = self.segment
+        if self.field <= 2 and segment.name in _LITERAL_HEADERS:
+            return None
+        raw = segment._primitive(self.field, self.rep, self.comp, self.sub)
+        doc = self.doc
+        if segment.enc is doc.message.header.encoding and segment.charset == doc.message.codec:
+            return (raw, self.comp, self.sub, doc.memo_context)
+        return (raw, self.comp, self.sub, segment.enc, segment.charset)
+
     def presence_self(self) -> str:
         return _PRESENCE[self.segment.presence(self.field, self.rep, self.comp, self.sub)]
 
@@ -448,7 +567,18 @@ class ValueNode(_Node):
                 return None
             comp, sub = target
             return self.segment.value(self.field, self.rep, comp, sub or 1)
-        return SegmentNode(self.doc, self.segment).value(path)
+        segment = self.segment
+        if (
+            path.local
+            and path.numbers
+            and path.segment == segment.name
+            and (not path.occurrence or path.occurrence == segment.occurrence)
+        ):
+            # a field of this value's own segment (OBX-5 → OBX-2), as SegmentNode.value reads it
+            field = path.field
+            self.doc.consumed.add((segment.position, field))
+            return segment.value(field, path.rep or 1, path.first_comp, path.first_sub)
+        return SegmentNode(self.doc, segment).value(path)
 
     def presence(self, path: HPath) -> str:
         if path.is_self and not (path.root or path.up or path.groups):

@@ -67,7 +67,8 @@ class Hl7v2Translator:
     ) -> None:
         if validation not in ("shape", "full"):
             raise ConfigError("validation must be 'shape' or 'full'", key="validation")
-        self._validate = ShapeValidator() if validation == "shape" else validate_resource
+        self.validation = validation
+        self._shapes = ShapeValidator() if validation == "shape" else None
         if mappings_dir is None:
             import mappings
 
@@ -133,27 +134,32 @@ class Hl7v2Translator:
             kind = f"{header.message_type}^{header.trigger_event}" if header.trigger_event else header.message_type
             raise UnsupportedMessage(f"no mapping for message type {kind} (structure {structure})", location="MSH-9")
         doc = Hl7Document(message, group(message.segments, structure), self.settings)
-        doc.consume(message.msh, *_MSH_USED)
-        for seg in message.segments:
-            if seg.name in _SET_ID_SEGMENTS:
-                doc.ignored.add((seg.position, 1))
-        result = self.engine.run(
-            message_map,
-            doc.root,
-            namespace=header.sender,
-            message_key=header.control_id,
-            explain=explain,
-        )
-        resources = [built.body for built in result.resources]
-        resources.append(self._provenance(doc, [b.reference for b in result.resources], inbox_id, received_at))
-        validate = self._validate
-        for resource in resources:
-            validate(resource)
-        translation = Translation(
-            bundle=transaction(resources),
-            unconsumed=doc.unconsumed(),
-            warnings=[*message.deviations, *result.warnings],
-        )
+        try:
+            doc.consume(message.msh, *_MSH_USED)
+            for seg in message.segments:
+                if seg.name in _SET_ID_SEGMENTS:
+                    doc.ignored.add((seg.position, 1))
+            result = self.engine.run(
+                message_map,
+                doc.root,
+                namespace=header.sender,
+                message_key=header.control_id,
+                explain=explain,
+            )
+            resources = [built.body for built in result.resources]
+            resources.append(self._provenance(doc, [b.reference for b in result.resources], inbox_id, received_at))
+            if self._shapes is not None:
+                self._shapes.validate_all(resources)
+            else:
+                for resource in resources:
+                    validate_resource(resource)
+            translation = Translation(
+                bundle=transaction(resources),
+                unconsumed=doc.unconsumed(),
+                warnings=[*message.deviations, *result.warnings],
+            )
+        finally:
+            doc.release()
         return translation, result.trace
 
     def _provenance(

@@ -7,6 +7,7 @@ create"): replaying a message, or receiving an A08 after its A01, updates the sa
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,10 +19,22 @@ INBOX_SYSTEM = "urn:meoring:inbox"
 MESSAGE_SYSTEM = "urn:meoring:message-control-id"
 
 
+_NAMESPACE_BYTES = _FULL_URL_NAMESPACE.bytes
+
+
 def full_url(resource_type: str, resource_id: str) -> str:
     """A stable ``urn:uuid:`` for an entry (R4 bdl: every transaction entry needs a fullUrl; the
-    server's base URL is not known when translating). References stay ``Type/id``."""
-    return f"urn:uuid:{uuid.uuid5(_FULL_URL_NAMESPACE, f'{resource_type}/{resource_id}')}"
+    server's base URL is not known when translating). References stay ``Type/id``.
+
+    The UUID is ``uuid.uuid5(namespace, "Type/id")`` (RFC 4122 §4.3: SHA-1, version 5, RFC 4122
+    variant), computed without building ``uuid.UUID`` objects (one per resource adds up).
+    """
+    name = f"{resource_type}/{resource_id}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    x = digest.hex()
+    return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def transaction(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:

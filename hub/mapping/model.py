@@ -35,7 +35,7 @@ case-insensitively and trimmed (v2 codes are upper case; senders are not always)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from .target import APPEND, PLAIN, Step, parse_target
 from .yamlload import line_of
 
 __all__ = [
+    "Condition",
     "IdentityAlt",
     "IdentityDef",
     "KeyPart",
@@ -56,10 +57,60 @@ __all__ = [
     "compile_file",
 ]
 
-Cond = Callable[[SourceNode, Any], bool]
+Cond = Callable[[SourceNode, Any], bool]  # kept for adapters' type hints
 
 SOURCE, CONSTANT, REF, REFS, SELF = 1, 2, 3, 4, 5
 FIRST, ALL, JOIN = "first", "all", "join"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Condition:
+    """A compiled ``when:``/``where:`` condition; call it with (node, engine state).
+
+    ``kind`` is the YAML key: ``valued``, ``not_valued``, ``null`` (presence of ``path``),
+    ``equals`` (``want``), ``in`` / ``not_in`` (``values``), ``matches`` (``pattern``) - each on
+    the trimmed, upper-cased value at ``path`` -, ``built`` (a resource named ``want`` exists in
+    the enclosing scopes), ``all`` / ``any`` / ``not`` (of ``parts``). The engine compiles these
+    further (:mod:`.plan`); this ``__call__`` is the reference meaning.
+    """
+
+    kind: str
+    path: Any = None
+    want: str = ""
+    values: frozenset[str] = frozenset()
+    pattern: re.Pattern[str] | None = None
+    parts: tuple[Condition, ...] = ()
+
+    def __call__(self, node: SourceNode, state: Any) -> bool:
+        kind = self.kind
+        if kind == "all":
+            return all(c(node, state) for c in self.parts)
+        if kind == "any":
+            return any(c(node, state) for c in self.parts)
+        if kind == "not":
+            return not self.parts[0](node, state)
+        if kind == "built":
+            return bool(state.find(self.want))
+        if kind == "valued":
+            return node.presence(self.path) == VALUED
+        if kind == "null":
+            return node.presence(self.path) == NULL
+        if kind == "not_valued":
+            return node.presence(self.path) != VALUED
+        if kind == "matches":
+            return bool(self.pattern.search(node.value(self.path) or "")) if self.pattern else False
+        value = _norm(node.value(self.path))
+        if kind == "equals":
+            return value == self.want
+        if kind == "in":
+            return value in self.values
+        return value not in self.values  # not_in
+
+    def walk(self) -> Iterator[Condition]:
+        """This condition and every condition inside it."""
+        yield self
+        for part in self.parts:
+            yield from part.walk()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +143,8 @@ class Rule:
     args: Mapping[str, Any] = field(default_factory=dict)
     vocabulary: str = ""
     vocab_as: str = "code"
-    when: Cond | None = None
-    filter: Cond | None = None
+    when: Condition | None = None
+    filter: Condition | None = None
     default: Any = None
     repeats: str = FIRST
     required: bool = False
@@ -124,7 +175,7 @@ class IdentityAlt:
     keys: tuple[KeyPart, ...]
     within: Any = None
     within_text: str = ""
-    filter: Cond | None = None
+    filter: Condition | None = None
     namespace: str = "sender"
 
 
@@ -135,7 +186,7 @@ class ResourceSpec:
     where: str
     from_path: Any = None
     from_text: str = ""
-    when: Cond | None = None
+    when: Condition | None = None
     rules: list[Rule] = field(default_factory=list)
     identity: list[IdentityAlt] = field(default_factory=list)
     identity_ref: str = ""
@@ -158,7 +209,7 @@ class ScopeSpec:
     path: Any
     path_text: str
     where: str
-    when: Cond | None = None
+    when: Condition | None = None
     items: list[ResourceSpec | ScopeSpec] = field(default_factory=list)
 
 
@@ -208,7 +259,7 @@ class _Compiler:
             return None
 
     # -- conditions ---------------------------------------------------------------------
-    def condition(self, raw: Any, line: int) -> Cond | None:
+    def condition(self, raw: Any, line: int) -> Condition | None:
         if not isinstance(raw, dict) or not raw:
             self.problem(line, "a condition must be a mapping such as {valued: PID-3}")
             return None
@@ -220,31 +271,23 @@ class _Compiler:
                 self.problem(line, f"'{key}' needs a list of conditions")
                 return None
             parts = [self.condition(item, line_of(items, i) or line) for i, item in enumerate(items)]
-            conds = [p for p in parts if p is not None]
+            conds = tuple(p for p in parts if p is not None)
             if len(conds) != len(parts):
                 return None
-            if key == "all":
-                return lambda node, state: all(c(node, state) for c in conds)
-            return lambda node, state: any(c(node, state) for c in conds)
+            return Condition(key, parts=conds)
         if "not" in raw:
             inner = self.condition(raw["not"], line)
             if inner is None:
                 return None
-            return lambda node, state: not inner(node, state)
+            return Condition("not", parts=(inner,))
         if "built" in raw:
-            name = str(raw["built"])
-            return lambda node, state: bool(state.find(name))
-        for key, expected in (("valued", VALUED), ("null", NULL)):
+            return Condition("built", want=str(raw["built"]))
+        for key in ("valued", "null", "not_valued"):
             if key in raw:
                 path = self.path(raw[key], line, key)
                 if path is None:
                     return None
-                return _presence_is(path, expected)
-        if "not_valued" in raw:
-            path = self.path(raw["not_valued"], line, "not_valued")
-            if path is None:
-                return None
-            return lambda node, state: node.presence(path) != VALUED
+                return Condition(key, path=path)
         if "path" not in raw:
             self.problem(line, "unknown condition (expected valued, not_valued, null, path, built, all, any, not)")
             return None
@@ -252,25 +295,21 @@ class _Compiler:
         if path is None:
             return None
         if "equals" in raw:
-            want = _norm(raw["equals"])
-            return lambda node, state: _norm(node.value(path)) == want
+            return Condition("equals", path=path, want=_norm(raw["equals"]))
         if "in" in raw or "not_in" in raw:
             key = "in" if "in" in raw else "not_in"
             values = raw[key]
             if not isinstance(values, list):
                 self.problem(line, f"'{key}' needs a list of codes")
                 return None
-            wanted = frozenset(_norm(v) for v in values)
-            if key == "in":
-                return lambda node, state: _norm(node.value(path)) in wanted
-            return lambda node, state: _norm(node.value(path)) not in wanted
+            return Condition(key, path=path, values=frozenset(_norm(v) for v in values))
         if "matches" in raw:
             try:
                 pattern = re.compile(str(raw["matches"]))
             except re.error:
                 self.problem(line, "'matches' is not a valid regular expression")
                 return None
-            return lambda node, state: bool(pattern.search(node.value(path) or ""))
+            return Condition("matches", path=path, pattern=pattern)
         self.problem(line, "a 'path' condition needs equals, in, not_in or matches")
         return None
 
@@ -469,10 +508,6 @@ class _Compiler:
             spec.duplicates = str(item.get("duplicates", "first"))
             out.append(spec)
         return out
-
-
-def _presence_is(path: Any, expected: str) -> Cond:
-    return lambda node, state: node.presence(path) == expected
 
 
 def _norm(value: Any) -> str:

@@ -15,10 +15,12 @@ Syntax (after the HL7 v2-to-FHIR IG's ``[n]`` notation, IG "Mapping guidelines")
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, NamedTuple
 
-__all__ = ["APPEND", "CHOICE", "PLAIN", "SLOT", "Choice", "Step", "assign", "merge", "parse_target"]
+__all__ = ["APPEND", "CHOICE", "PLAIN", "SLOT", "Choice", "Step", "assign", "compile_target", "merge", "parse_target"]
 
 PLAIN, APPEND, SLOT, CHOICE = 0, 1, 2, 3
 
@@ -61,7 +63,10 @@ def parse_target(text: str) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-Slots = dict[tuple[int, str, str], int]
+#: Which list element a ``name[label]`` step means, per object under construction:
+#: ``(id(obj), name, label) → (index, obj)``. The object is kept so that an id reused by a
+#: later object (after the first was dropped) never points at the first one's element.
+Slots = dict[tuple[int, str, str], tuple[int, dict[str, Any]]]
 
 
 def _child_list(obj: dict[str, Any], name: str) -> list[Any]:
@@ -115,11 +120,12 @@ def assign(obj: dict[str, Any], steps: tuple[Step, ...], value: Any, slots: Slot
         elif mode == SLOT:
             items = _child_list(obj, name)
             key = (id(obj), name, step.label)
-            index = slots.get(key)
+            entry = slots.get(key)
+            index = entry[0] if entry is not None and entry[1] is obj else None
             if index is None or index >= len(items):
                 index = len(items)
                 items.append(value if final else {})
-                slots[key] = index
+                slots[key] = (index, obj)
             elif final:
                 items[index] = value
             if trace:
@@ -152,3 +158,70 @@ def merge(into: dict[str, Any], data: dict[str, Any]) -> None:
             current.extend(value)
         else:
             into[key] = value
+
+
+Writer = Callable[[dict[str, Any], Any, Slots], None]
+
+
+@cache
+def compile_target(steps: tuple[Step, ...]) -> Writer:
+    """``assign(obj, steps, value, slots)`` for one target path, as generated straight-line code
+    (the engine writes hundreds of elements per message; the generic loop costs twice as much)."""
+    lines = ["def write(o, value, slots):"]
+    last = len(steps) - 1
+    for position, step in enumerate(steps):
+        name = repr(step.name)
+        final = position == last
+        if step.mode == PLAIN:
+            if final:
+                lines.append(f"    o[{name}] = value")
+                break
+            lines += [
+                f"    x = o.get({name})",
+                "    if isinstance(x, list):",
+                "        if not x:",
+                "            x.append({})",
+                "        x = x[-1]",
+                "    if not isinstance(x, dict):",
+                "        x = {}",
+                f"        o[{name}] = x",
+                "    o = x",
+            ]
+        elif step.mode == APPEND:
+            lines.append(f"    items = _child_list(o, {name})")
+            if final:
+                lines.append("    items.append(value)")
+                break
+            lines += ["    x = {}", "    items.append(x)", "    o = x"]
+        elif step.mode == SLOT:
+            label = repr(step.label)
+            lines += [
+                f"    items = _child_list(o, {name})",
+                f"    key = (id(o), {name}, {label})",
+                "    entry = slots.get(key)",
+                "    index = entry[0] if entry is not None and entry[1] is o else None",
+                "    if index is None or index >= len(items):",
+                "        index = len(items)",
+                f"        items.append({'value' if final else '{}'})",
+                "        slots[key] = (index, o)",
+            ]
+            if final:
+                lines += ["    else:", "        items[index] = value"]
+                break
+            lines += [
+                "    x = items[index]",
+                "    if not isinstance(x, dict):",
+                "        x = {}",
+                "        items[index] = x",
+                "    o = x",
+            ]
+        else:  # CHOICE (last step only)
+            lines += [
+                "    if not isinstance(value, Choice):",
+                f"        raise TypeError('element ' + {name} + '[x] needs a typed (choice) value')",
+                f"    o[{name} + value.suffix] = value.value",
+            ]
+    namespace: dict[str, Any] = {"_child_list": _child_list, "Choice": Choice}
+    exec(compile("\n".join(lines), "<target " + ".".join(s.name for s in steps) + ">", "exec"), namespace)  # noqa: S102
+    writer: Writer = namespace["write"]
+    return writer
