@@ -133,7 +133,8 @@ def mutations(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{path} missing", _delete(resource, path)
     for key in [k for k in resource if k.startswith("value") or k.startswith("effective")]:
         yield f"second choice type beside {key}", dict(resource, valueString="x", valueBoolean=True)
-    yield "other resourceType", dict(resource, resourceType="Patient" if resource["resourceType"] != "Patient" else "Group")
+    other = "Patient" if resource["resourceType"] != "Patient" else "Group"
+    yield "other resourceType", dict(resource, resourceType=other)
 
 
 def verdict(check: Any, resource: dict[str, Any]) -> str:
