@@ -386,3 +386,224 @@ def test_shape_validator_raises_the_full_error() -> None:
     with pytest.raises(ValidationFailed) as full_error:
         validate_resource(bad)
     assert str(shape_error.value) == str(full_error.value)
+
+
+# -- compiled plans (every run but --explain) against the tracing interpreter ---------------------
+def _bodies(result: Any) -> list[tuple[str, str, Any]]:
+    return [(b.resource_type, b.id, b.body) for b in result.resources]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        DOC,
+        {"person": {"mrn": "123", "family": "Doe"}},
+        {"person": {"family": "Doe"}, "orders": [{"number": "B", "results": [{"code": "z"}, {"code": "z"}]}]},
+        {},
+    ],
+)
+def test_compiled_plans_build_what_the_interpreter_builds(engine_setup: Any, doc: Any) -> None:
+    fast, traced = build(engine_setup, doc), build(engine_setup, doc, explain=True)
+    assert _bodies(fast) == _bodies(traced)
+    assert fast.warnings == traced.warnings
+
+
+class MemoNode(JsonNode):
+    """A JSON node that offers what memoising a map needs: a key for its value."""
+
+    def select(self, path: Any) -> Sequence[MemoNode]:
+        return [MemoNode(node.data, node.location) for node in super().select(path)]
+
+    def memo_key(self) -> tuple[str, str]:
+        return ("json", json.dumps(self.data, sort_keys=True))
+
+
+class RelativePath(tuple[str, ...]):
+    """JSON paths only ever descend into the node they are read from."""
+
+    value_relative = True
+
+
+CALLS: list[str] = []
+
+
+def counted(node: Any, ctx: Any, args: Mapping[str, Any]) -> Any:
+    CALLS.append(node.location)
+    return node.value(None)
+
+
+counted.value_pure = True  # type: ignore[attr-defined]
+
+
+class MemoDialect(JsonDialect):
+    def compile_path(self, text: str) -> tuple[str, ...]:
+        return RelativePath(super().compile_path(text))
+
+    @property
+    def functions(self) -> Mapping[str, Any]:
+        return {"upper": upper, "typed": typed, "counted": counted}
+
+
+MEMO_MESSAGE = """
+kind: message
+id: memo
+structures: [MEMO]
+resources:
+  - name: obs
+    resourceType: Observation
+    from: items
+    identity: [{keys: [id]}]
+    rules:
+      - {map: first-named}
+      - {source: given, target: "name[1].given[]", repeats: all}
+      - {source: concept, map: coded, target: code}
+      - {source: label, target: "code.coding[1].display"}
+      - {source: concept, map: coded, target: "category[]", repeats: all}
+      - {source: flag, target: "interpretation[]", map: flagged, repeats: all}
+  - name: person
+    resourceType: Patient
+    from: items
+    identity: [{keys: [id]}]
+    rules:
+      - {map: first-named}
+      - {source: given, target: "name[2].given[]", repeats: all}
+"""
+CODED = """
+kind: datatype
+id: coded
+rules:
+  - {source: code, target: "coding[1].code", transform: counted}
+  - {source: system, target: "coding[1].system"}
+  - {constant: {extension: [{url: "urn:x", valueString: fixed}]}, target: "coding[2]"}
+"""
+FLAGGED = """
+kind: datatype
+id: flagged
+rules:
+  - {source: ".", target: "coding[1].code", vocabulary: sex, as: code}
+"""
+FIRST_NAMED = """
+kind: segment
+id: first-named
+rules:
+  - {source: family, target: "name[1].family", transform: upper}
+  - {constant: final, target: status}
+"""
+ITEMS = {
+    "items": [
+        {
+            "id": str(n),
+            "family": "Doe",
+            "given": ["A", "B"],
+            "concept": {"code": "2345-7", "system": "http://loinc.org"},
+            "label": f"glucose {n}",
+            "flag": ["F", "Q"],
+        }
+        for n in range(4)
+    ]
+}
+
+
+@pytest.fixture
+def memo_setup(tmp_path: Path) -> tuple[MappingRepository, MappingEngine]:
+    root = write(
+        tmp_path / "maps",
+        {
+            "json/messages/memo.yaml": MEMO_MESSAGE,
+            "json/datatypes/coded.yaml": CODED,
+            "json/datatypes/flagged.yaml": FLAGGED,
+            "json/segments/first-named.yaml": FIRST_NAMED,
+            "conceptmaps/sex.json": GENDER_MAP,
+        },
+    )
+    repo = MappingRepository.load(root, channel="json", dialect=MemoDialect())
+    assert repo.problems == []
+    return repo, MappingEngine(repo.concepts)
+
+
+def run_memo(setup: tuple[MappingRepository, MappingEngine], explain: bool = False) -> Any:
+    repo, engine = setup
+    message = repo.message_for("MEMO", "")
+    assert message is not None
+    return engine.run(message, MemoNode(ITEMS), namespace="s", message_key="k", explain=explain)
+
+
+def test_memoised_maps_give_equal_fresh_objects_and_keep_their_slots(memo_setup: Any) -> None:
+    CALLS.clear()
+    first = run_memo(memo_setup)
+    evaluations = len(CALLS)
+    second = run_memo(memo_setup)
+    assert len(CALLS) == evaluations, "the second message reuses every memoised output"
+    assert evaluations < 8, "a repeated value within a message is memoised too"
+    traced = run_memo(memo_setup, explain=True)
+    assert _bodies(first) == _bodies(second) == _bodies(traced)
+    assert first.warnings == second.warnings == traced.warnings
+    obs = [b.body for b in second.resources]
+    assert obs[0]["code"]["coding"][0] == {"code": "2345-7", "system": "http://loinc.org", "display": "glucose 0"}
+    assert obs[1]["code"]["coding"][0]["display"] == "glucose 1", "the label lands in the memoised coding[1]"
+    assert obs[0]["code"] is not obs[1]["code"] and obs[0]["code"]["coding"] is not obs[1]["code"]["coding"]
+    obs[0]["code"]["coding"][1]["extension"][0]["valueString"] = "changed"
+    assert run_memo(memo_setup).resources[0].body["code"]["coding"][1]["extension"][0]["valueString"] == "fixed"
+
+
+def test_a_map_that_warned_is_evaluated_again(memo_setup: Any) -> None:
+    for _ in range(3):  # the unmapped code "Q" warns every time: its output is never memoised
+        result = run_memo(memo_setup)
+        assert any("'Q' not in ConceptMap sex" in w for w in result.warnings)
+
+
+def test_a_map_merged_first_keeps_its_own_slots(memo_setup: Any) -> None:
+    """``{map: first-named}`` writes name[1]. In the Observation a later ``name[1].given[]``
+    starts its own element (the map's slot belongs to the map's output): the map is built and
+    merged. In the Patient nothing else names name[1]: the map writes into the resource
+    directly. Both as the interpreter does it."""
+    repo, engine = memo_setup
+    message = repo.message_for("MEMO", "")
+    specs = {spec.name: spec for spec in message.resources()}
+    plans = engine._plans  # white box: which way each resource's first rule is compiled
+    assert not plans.rule_list(specs["obs"].rules).source.splitlines()[2].startswith("    R")
+    assert plans.rule_list(specs["person"].rules).source.splitlines()[2].startswith("    R")
+    result, traced = run_memo(memo_setup), run_memo(memo_setup, explain=True)
+    assert _bodies(result) == _bodies(traced)
+    obs, person = result.resources[0].body, result.resources[4].body
+    assert obs["name"] == [{"family": "DOE"}, {"given": ["A", "B"]}] and obs["status"] == "final"
+    assert person["name"] == [{"family": "DOE"}, {"given": ["A", "B"]}] and person["status"] == "final"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_compiled_targets_write_what_assign_writes(seed: int) -> None:
+    import random
+
+    from hub.mapping.target import compile_target
+
+    rng = random.Random(seed)
+    targets = ["a", "a.b", "a[]", "a[].b", "a[1].b", "a[2].b[]", "a[k].b.c", "a.b[1]", "x[1].y[z].w", "v[x]", "a[1]"]
+    obj_a: dict[str, Any] = {}
+    obj_b: dict[str, Any] = {}
+    slots_a: dict[Any, Any] = {}
+    slots_b: dict[Any, Any] = {}
+    for step in range(30):
+        steps = parse_target(rng.choice(targets))
+        value: Any = rng.choice([f"s{step}", {"k": step}, [step], Choice("String", str(step))])
+        if (steps[-1].mode == 3) != isinstance(value, Choice):
+            value = Choice("Integer", step) if steps[-1].mode == 3 else step
+        assign(obj_a, steps, value, slots_a)
+        compile_target(steps)(obj_b, value, slots_b)
+    assert obj_a == obj_b
+
+
+def test_slots_never_follow_a_reused_object_id() -> None:
+    gone: dict[str, Any] = {"name": [{"family": "x"}]}
+    fresh: dict[str, Any] = {"name": [{"family": "y"}, {"family": "z"}]}
+    slots: Any = {(id(fresh), "name", "1"): (1, gone)}  # as if ``gone`` had had fresh's id
+    assign(fresh, parse_target("name[1].given"), "g", slots)
+    assert fresh["name"] == [{"family": "y"}, {"family": "z"}, {"given": "g"}]
+
+
+def test_full_urls_are_uuid5() -> None:
+    import uuid
+
+    from hub.mapping.bundle import _FULL_URL_NAMESPACE, full_url
+
+    for kind, rid in [("Patient", "m1"), ("Observation", "m" + "a" * 30), ("X", ""), ("Ünï", "é/ü")]:
+        assert full_url(kind, rid) == f"urn:uuid:{uuid.uuid5(_FULL_URL_NAMESPACE, f'{kind}/{rid}')}"

@@ -202,11 +202,24 @@ class Segment:
                 return unescape(raw, self.enc, self.charset)
             return raw
         # the common case, inlined (mapping reads thousands of values per second)
-        comps = self._cache.get(field * 1000 + rep)
-        if comps is None:
-            comps = self._components(field, rep)
-            if comps is None:
+        key = field * 1000 + rep
+        cache = self._cache
+        comps = cache.get(key)
+        if comps is None:  # _components, inlined
+            fields = self.fields
+            if field <= 0 or field >= len(fields):
                 return None
+            raw = fields[field]
+            enc = self.enc
+            separator = enc.repetition
+            if separator and separator in raw:
+                parts = raw.split(separator)
+                if rep > len(parts):
+                    return None
+                raw = parts[rep - 1]
+            elif rep > 1:
+                return None
+            comps = cache[key] = raw.split(enc.component)
         if comp > len(comps):
             return None
         raw = comps[comp - 1]

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hub.mapping.source import ABSENT, NULL, VALUED, Function
+from hub.mapping.source import ABSENT, VALUED, Function
 
 from .escape import unescape
 from .parser import _LITERAL_HEADERS, Message, Presence, Segment
@@ -137,7 +137,8 @@ def compile_path(text: str) -> HPath:
     raise ValueError("expected SEG-n[.n[.n]], a group name, numbers or '.'")
 
 
-_PRESENCE = {Presence.ABSENT: ABSENT, Presence.NULL: NULL, Presence.VALUED: VALUED}
+#: Presence member (by identity: hashing an Enum member runs Python code) → ABSENT/NULL/VALUED
+_PRESENCE = {id(member): member.value for member in Presence}
 
 
 class Hl7Document:
@@ -164,7 +165,7 @@ class Hl7Document:
         self.ignored: set[tuple[int, int]] = set()  # fields that are not data (Set IDs)
         self.touched: set[int] = set()
         self.cache: dict[str, Any] = {}  # per-message facts transforms derive once (MSH-7 offset)
-        self._children: dict[int, dict[str, list[Any]]] = {}  # id(group) → children by name
+        self._children: dict[int, tuple[dict[str, list[Segment]], dict[str, list[Group]]]] = {}
         enc = message.header.encoding
         #: delimiters and character set as one string: part of every value's memo key
         self.memo_context = repr(
@@ -207,31 +208,32 @@ class Hl7Document:
         consumed = self.consumed
         ignored = self.ignored
         touched = self.touched
-        strips: dict[int, str] = {}
+        strip = ""
+        last_enc = None
         for seg in self.message.segments:
-            position = seg.position
             enc = seg.enc
-            strip = strips.get(id(enc))
-            if strip is None:
-                strip = strips[id(enc)] = enc.component + enc.repetition + enc.subcomponent + " "
-            fields = [
-                n
-                for n, raw in enumerate(seg.fields)
-                if n
-                and raw
-                and raw != '""'
-                and (bare := raw.strip(strip))
-                and bare != '""'
-                and (position, n) not in ignored
-            ]
-            if position not in touched and not any((position, n) in consumed for n in fields):
+            if enc is not last_enc:
+                last_enc = enc
+                strip = enc.component + enc.repetition + enc.subcomponent + " "
+            position = seg.position
+            fields = seg.fields
+            valued = []
+            for n in range(1, len(fields)):
+                raw = fields[n]
+                if raw and raw != '""':
+                    bare = raw.strip(strip)
+                    if bare and bare != '""' and (not ignored or (position, n) not in ignored):
+                        valued.append(n)
+            left = [n for n in valued if (position, n) not in consumed]
+            if len(left) == len(valued) and position not in touched:  # nothing of it was read
                 names = [seg.name]
             else:
-                names = [f"{seg.name}-{n}" for n in fields if (position, n) not in consumed]
-            for name in names:
-                if name not in seen:
-                    seen.add(name)
-                    out.append(name)
+                name = seg.name
+                names = [f"{name}-{n}" for n in left]
+            for item in names:
+                if item not in seen:
+                    seen.add(item)
+                    out.append(item)
         return out
 
     # -- navigation ------------------------------------------------------------------------
@@ -256,31 +258,37 @@ class Hl7Document:
             return [ValueNode(self, seg, field, rep, comp, sub)] if rep <= count else []
         return [ValueNode(self, seg, field, r, comp, sub) for r in range(1, count + 1)]
 
-    def children(self, group: Group) -> dict[str, list[Any]]:
-        """The direct children of a group instance by segment / group name (built once)."""
+    def _index(self, group: Group) -> tuple[dict[str, list[Segment]], dict[str, list[Group]]]:
+        """The direct children of a group instance by name: segments, groups (built once)."""
         index = self._children.get(id(group))
         if index is None:
-            index = {}
+            segments: dict[str, list[Segment]] = {}
+            groups: dict[str, list[Group]] = {}
             for child in group.children:
-                found = index.get(child.name)
-                if found is None:
-                    index[child.name] = [child]
+                if isinstance(child, Segment):
+                    segments.setdefault(child.name, []).append(child)
                 else:
-                    found.append(child)
-            self._children[id(group)] = index
+                    groups.setdefault(child.name, []).append(child)
+            index = self._children[id(group)] = (segments, groups)
         return index
 
     def segments_in(self, group: Group, name: str, occurrence: int) -> list[Segment]:
-        found = [c for c in self.children(group).get(name, ()) if isinstance(c, Segment)]
+        """Direct child segments of a group with this name (the ``occurrence``-th, 0 = all); marks
+        them touched. The list is shared: callers must not change it."""
+        index = self._children.get(id(group))
+        found = (index or self._index(group))[0].get(name)
+        if not found:
+            return []
         if occurrence:
             found = found[occurrence - 1 : occurrence]
+        touched = self.touched
         for seg in found:
-            self.touched.add(seg.position)
+            touched.add(seg.position)
         return found
 
     def descend(self, groups: list[Group], names: tuple[str, ...]) -> list[Group]:
         for name in names:
-            groups = [child for g in groups for child in self.children(g).get(name, ()) if isinstance(child, Group)]
+            groups = [child for g in groups for child in self._index(g)[1].get(name, ())]
         return groups
 
 
@@ -343,6 +351,9 @@ class GroupNode(_Node):
     def select(self, path: HPath) -> Sequence[Any]:
         if not path.segment and path.numbers:
             return []
+        if path.local and not path.numbers:  # segments of this group (OBSERVATION → OBX)
+            doc = self.doc
+            return [SegmentNode(doc, s) for s in doc.segments_in(self.group, path.segment, path.occurrence)]
         return self._resolve(self._base(path), path)
 
     def value(self, path: HPath | None) -> str | None:
@@ -375,7 +386,9 @@ def _presence(doc: Hl7Document, seg: Segment, numbers: tuple[int, ...], rep: int
     field = numbers[0]
     doc.consumed.add((seg.position, field))
     length = len(numbers)
-    return _PRESENCE[seg.presence(field, rep or 1, numbers[1] if length > 1 else 0, numbers[2] if length > 2 else 0)]
+    return _PRESENCE[
+        id(seg.presence(field, rep or 1, numbers[1] if length > 1 else 0, numbers[2] if length > 2 else 0))
+    ]
 
 
 class SegmentNode(_Node):
@@ -537,7 +550,7 @@ class ValueNode(_Node):
         return (raw, self.comp, self.sub, segment.enc, segment.charset)
 
     def presence_self(self) -> str:
-        return _PRESENCE[self.segment.presence(self.field, self.rep, self.comp, self.sub)]
+        return _PRESENCE[id(self.segment.presence(self.field, self.rep, self.comp, self.sub))]
 
     def value(self, path: HPath | None) -> str | None:
         if path is None or (path.is_self and not (path.root or path.up or path.groups)):
@@ -588,7 +601,7 @@ class ValueNode(_Node):
             if target is None or path.rep:
                 return ABSENT
             comp, sub = target
-            return _PRESENCE[self.segment.presence(self.field, self.rep, comp, sub)]
+            return _PRESENCE[id(self.segment.presence(self.field, self.rep, comp, sub))]
         return SegmentNode(self.doc, self.segment).presence(path)
 
     def text(self) -> str | None:

@@ -50,9 +50,12 @@ class Hl7v2Translator:
     ``default_timezone`` (IANA name) gives local HL7 times their UTC offset when neither the value
     nor MSH-7 carries one. ``validation``: ``"shape"`` (default) validates every resource with
     :class:`hub.mapping.fastvalidate.ShapeValidator` - the verdict and errors of
-    ``validate_resource``, without repeating the structural work for known shapes; ``"full"``
-    calls ``validate_resource`` on every resource. Bad mapping files raise
-    :class:`~hub.errors.ConfigError` naming file and line. Thread-safe after construction.
+    ``validate_resource``, with the structural work done once per element layout and each
+    primitive checked by the model's own validator; ``"full"`` calls ``validate_resource`` on
+    every resource. Bad mapping files raise :class:`~hub.errors.ConfigError` naming file and
+    line. Thread-safe after construction (maps are compiled on first use; compiled plans,
+    memoised map outputs and learned layouts are shared by all threads and only ever added to
+    or replaced whole).
     """
 
     channel = CHANNEL

@@ -29,8 +29,11 @@ def full_url(resource_type: str, resource_id: str) -> str:
     The UUID is ``uuid.uuid5(namespace, "Type/id")`` (RFC 4122 §4.3: SHA-1, version 5, RFC 4122
     variant), computed without building ``uuid.UUID`` objects (one per resource adds up).
     """
-    name = f"{resource_type}/{resource_id}".encode()
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    return _full_url(f"{resource_type}/{resource_id}")
+
+
+def _full_url(reference: str) -> str:
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + reference.encode(), usedforsecurity=False).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50
     digest[8] = (digest[8] & 0x3F) | 0x80
     x = digest.hex()
@@ -41,12 +44,12 @@ def transaction(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """A transaction Bundle updating each resource by type and id."""
     entries = []
     for resource in resources:
-        kind, rid = resource["resourceType"], resource["id"]
+        reference = f"{resource['resourceType']}/{resource['id']}"
         entries.append(
             {
-                "fullUrl": full_url(kind, rid),
+                "fullUrl": _full_url(reference),
                 "resource": resource,
-                "request": {"method": "PUT", "url": f"{kind}/{rid}"},
+                "request": {"method": "PUT", "url": reference},
             }
         )
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

@@ -166,77 +166,110 @@ class _ClassPlan:
     """What is known of one model class: its key tuples seen valid, each with a checker of the
     values (generated code: one straight run of type tests and set lookups per key tuple)."""
 
-    __slots__ = ("cls", "fields", "keys")
+    __slots__ = ("checks", "cls", "fields", "keys")
 
     def __init__(self, cls: Any) -> None:
         self.cls = cls
         self.keys: dict[tuple[str, ...], Checker] = {}
+        self.checks: dict[tuple[str, ...], list[tuple[int, Any]]] = {}  # what each checker checks
         self.fields: dict[str, tuple[int, Any] | None] = {}
 
 
-def _checker(checks: list[tuple[int, Any]]) -> Checker:
-    """Generated checker of an object's values, one check per value in key order.
+#: nested objects whose layout is known when a checker is generated are checked inline, this deep
+_INLINE_DEPTH = 3
 
-    Per value: a primitive must have a JSON scalar type and be a value its validator accepted
-    before (else it is queued in ``misses`` for the batch check); an object must be a dict whose
-    key tuple is known for its class (and whose checker passes); a list must be a non-empty
-    list of such items; ``resourceType`` must equal the class's resource type.
-    """
-    names: dict[str, Any] = {}
-    lines = ["def check(o, misses, index):"]
-    count = len(checks)
-    if count:
-        values = ", ".join(f"v{i}" for i in range(count))
-        lines.append(f"    {values}, = o.values()")
-    for i, (kind, target) in enumerate(checks):
-        v = f"v{i}"
-        if kind == _PRIM:
-            names[f"A{i}"], names[f"P{i}"] = target.accepted, target
-            lines += [
-                f"    s = A{i}.get(type({v}))",
-                "    if s is None:",
-                "        return False",
-                f"    if {v} not in s:",
-                f"        misses.append((P{i}, {v}, index))",
-            ]
-        elif kind == _OBJ:
-            names[f"K{i}"] = target.keys
-            lines += [
-                f"    if type({v}) is not dict:",
-                "        return False",
-                f"    f = K{i}.get(tuple({v}))",
-                f"    if f is None or not f({v}, misses, index):",
-                "        return False",
-            ]
-        elif kind == _OBJ_LIST:
-            names[f"K{i}"] = target.keys
-            lines += [
-                f"    if type({v}) is not list or not {v}:",
-                "        return False",
-                f"    for item in {v}:",
-                "        if type(item) is not dict:",
-                "            return False",
-                f"        f = K{i}.get(tuple(item))",
-                "        if f is None or not f(item, misses, index):",
-                "            return False",
-            ]
-        elif kind == _PRIM_LIST:
-            names[f"A{i}"], names[f"P{i}"] = target.accepted, target
-            lines += [
-                f"    if type({v}) is not list or not {v}:",
-                "        return False",
-                f"    for item in {v}:",
-                f"        s = A{i}.get(type(item))",
-                "        if s is None:",
-                "            return False",
-                "        if item not in s:",
-                f"            misses.append((P{i}, item, index))",
-            ]
-        else:  # _EQUALS
-            names[f"E{i}"] = target
-            lines += [f"    if type({v}) is not str or {v} != E{i}:", "        return False"]
-    lines.append("    return True")
-    exec(compile("\n".join(lines), "<fhir shape check>", "exec"), names)  # noqa: S102 - generated from model fields
+
+class _Generator:
+    """Source of one checker. Per value: a primitive must have a JSON scalar type and be a value
+    its validator accepted before (else it is queued in ``misses`` for the batch check); an
+    object must be a dict whose key tuple is known for its class and whose values pass; a list
+    must be a non-empty list of such items; ``resourceType`` must equal the class's resource
+    type. Nested objects with the layout of the example object are checked inline, others
+    through their class's checkers."""
+
+    def __init__(self) -> None:
+        self.lines = ["def check(o, misses, index):"]
+        self.names: dict[str, Any] = {}
+        self.count = 0
+
+    def name(self, prefix: str, value: Any) -> str:
+        self.count += 1
+        name = f"{prefix}{self.count}"
+        self.names[name] = value
+        return name
+
+    def var(self) -> str:
+        self.count += 1
+        return f"x{self.count}"
+
+    def add(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    def object(self, obj: str, checks: list[tuple[int, Any]], example: Any, indent: int, depth: int) -> None:
+        """Lines checking the values of dict ``obj`` whose key tuple is the checks' one."""
+        if not checks:
+            return
+        values = [self.var() for _ in checks]
+        self.add(indent, f"{', '.join(values)}, = {obj}.values()")
+        examples = list(example.values()) if isinstance(example, dict) else [None] * len(checks)
+        for value, (kind, target), sample in zip(values, checks, examples, strict=False):
+            if kind == _PRIM:
+                self.primitive(value, target, indent)
+            elif kind == _OBJ:
+                self.add(indent, f"if type({value}) is not dict:")
+                self.add(indent + 1, "return False")
+                self.nested(value, target, sample, indent, depth)
+            elif kind == _OBJ_LIST:
+                item = self.var()
+                self.add(indent, f"if type({value}) is not list or not {value}:")
+                self.add(indent + 1, "return False")
+                self.add(indent, f"for {item} in {value}:")
+                self.add(indent + 1, f"if type({item}) is not dict:")
+                self.add(indent + 2, "return False")
+                first = sample[0] if isinstance(sample, list) and sample else None
+                self.nested(item, target, first, indent + 1, depth)
+            elif kind == _PRIM_LIST:
+                item = self.var()
+                self.add(indent, f"if type({value}) is not list or not {value}:")
+                self.add(indent + 1, "return False")
+                self.add(indent, f"for {item} in {value}:")
+                self.primitive(item, target, indent + 1)
+            else:  # _EQUALS
+                self.add(indent, f"if type({value}) is not str or {value} != {self.name('E', target)}:")
+                self.add(indent + 1, "return False")
+
+    def primitive(self, value: str, target: _Primitive, indent: int) -> None:
+        accepted = self.name("A", target.accepted)
+        self.add(indent, f"s = {accepted}.get(type({value}))")
+        self.add(indent, "if s is None:")
+        self.add(indent + 1, "return False")
+        self.add(indent, f"if {value} not in s:")
+        self.add(indent + 1, f"misses.append(({self.name('P', target)}, {value}, index))")
+
+    def nested(self, value: str, plan: _ClassPlan, example: Any, indent: int, depth: int) -> None:
+        keys = self.name("K", plan.keys)
+        layout: tuple[str, ...] = tuple(example) if isinstance(example, dict) else ()
+        checks = plan.checks.get(layout) if depth < _INLINE_DEPTH and layout else None
+        key = self.var()
+        self.add(indent, f"{key} = tuple({value})")
+        if checks is not None:
+            self.add(indent, f"if {key} == {self.name('L', layout)}:")
+            self.object(value, checks, example, indent + 1, depth + 1)
+            self.add(indent, "else:")
+            indent += 1
+        self.add(indent, f"f = {keys}.get({key})")
+        self.add(indent, f"if f is None or not f({value}, misses, index):")
+        self.add(indent + 1, "return False")
+
+
+def _checker(checks: list[tuple[int, Any]], example: dict[str, Any]) -> Checker:
+    """Generated checker of an object's values, one check per value in key order (see
+    :class:`_Generator`); ``example`` is the object the layout was learned from."""
+    generator = _Generator()
+    generator.object("o", checks, example, 1, 0)
+    generator.add(1, "return True")
+    names = generator.names
+    exec(compile("\n".join(generator.lines), "<fhir layout check>", "exec"), names)  # noqa: S102 - from model fields
     checker: Checker = names["check"]
     return checker
 
@@ -368,4 +401,5 @@ class ShapeValidator:
                         self._learn(item, target)
         keys = tuple(obj)
         if complete and keys not in plan.keys and len(plan.keys) < self._max:
-            plan.keys[keys] = _checker(checks)
+            plan.checks[keys] = checks
+            plan.keys[keys] = _checker(checks, obj)

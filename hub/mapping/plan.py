@@ -1,11 +1,12 @@
 """Compiled message maps: the engine's fast path (every run except ``--explain``).
 
-A message map is compiled once (on first use, then cached by the engine) into closures: each
-rule becomes one function with its paths, target, condition, vocabulary and default bound in,
-so evaluating a rule is one call - no rule metadata is looked up, no path parsed, no exception
-scaffolding set up. The closures do exactly what the tracing interpreter in :mod:`.engine` does
-(that interpreter is the reference meaning of a mapping file; the tests compare the two), plus
-two optimisations that cannot change a result:
+Each list of rules (a message map's resource, a segment or datatype map, inline ``rules:``) is
+compiled once, on first use, into Python code: one block per rule, in file order, with the
+rule's paths, target writer, vocabulary and constants bound as names - no rule metadata looked
+up, no path parsed, no per-rule call or exception scaffolding at run time. The code does what
+the tracing interpreter in :mod:`.engine` does for the same rules (that interpreter is the
+reference meaning of a mapping file; tests compare the two on every corpus message), with
+three optimisations that cannot change a result:
 
 * **One read for a run of conditions on the same path.** Consecutive rules guarded by
   ``{path: P, in | not_in | equals: …}`` on the same ``P`` (the OBX map's ten value-type rules
@@ -17,13 +18,17 @@ two optimisations that cannot change a result:
   ``memo_key()`` (HL7 v2: the raw text of the field repetition or component plus the
   delimiters), and copied on the next hit - unless its evaluation warned, then it is always
   evaluated (warnings name the field they came from). Slot bookkeeping (``coding[1]``) made by
-  the map is replayed onto the copy. Adapters opt in; a node without ``memo_key`` is never
-  memoised.
+  the map is replayed onto the copy. Maps whose values rarely repeat stop being memoised.
+  Adapters opt in; a node without ``memo_key`` is never memoised.
+* **A map merged first is applied in place** (``{map: OBX-Observation}`` as a resource's first
+  rule) instead of being built apart and merged, where that leaves the same object (see
+  :meth:`PlanCompiler._direct_ok`).
 """
 
 from __future__ import annotations
 
 import marshal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,7 +46,6 @@ from .model import (
     SELF,
     SOURCE,
     Condition,
-    IdentityAlt,
     MessageMap,
     ResourceSpec,
     Rule,
@@ -195,19 +199,39 @@ def _paths_of_objects(value: Any, path: tuple[Any, ...], out: dict[int, tuple[tu
             _paths_of_objects(item, (*path, index), out)
 
 
-def _record(out: dict[str, Any], state: State) -> _Memo | None:
+def _record(out: dict[str, Any], state: State, slot_names: frozenset[tuple[str, str]]) -> _Memo | None:
+    """A memo of ``out``, with the slots its evaluation left on objects inside it: only slots
+    named by the map's targets (``slot_names``) can be there."""
     try:
         blob = marshal.dumps(out)
     except ValueError:  # a value marshal cannot write: never memoised
         return None
-    objects: dict[int, tuple[tuple[Any, ...], Any]] = {}
-    _paths_of_objects(out, (), objects)
     replay = []
-    for (obj_id, name, label), (index, obj) in state.slots.items():
-        found = objects.get(obj_id)
-        if found is not None and found[1] is obj:
-            replay.append((found[0], name, label, index))
+    if slot_names:
+        objects: dict[int, tuple[tuple[Any, ...], Any]] = {}
+        _paths_of_objects(out, (), objects)
+        slots = state.slots
+        for obj_id, (path, obj) in objects.items():
+            for name, label in slot_names:
+                entry = slots.get((obj_id, name, label))
+                if entry is not None and entry[1] is obj:
+                    replay.append((path, name, label, entry[0]))
     return _Memo(blob, tuple(replay))
+
+
+def _slot_names(rules: list[Rule], seen: set[int] | None = None) -> frozenset[tuple[str, str]]:
+    """Every ``name[label]`` step in the targets of these rules and the maps they apply."""
+    seen = set() if seen is None else seen
+    if id(rules) in seen:
+        return frozenset()
+    seen.add(id(rules))
+    names: set[tuple[str, str]] = set()
+    for rule in rules:
+        names.update((step.name, step.label) for step in rule.target or () if step.mode == SLOT)
+        nested = rule.map.rules if rule.map is not None else rule.inline
+        if nested is not None:
+            names |= _slot_names(nested, seen)
+    return frozenset(names)
 
 
 class _Code:
@@ -259,7 +283,7 @@ class _RuleList:
     """A compiled list of rules (a segment/datatype map or inline ``rules:``): ``run`` applies
     them to an object, ``produce`` builds the object a map yields (both generated code)."""
 
-    __slots__ = ("hits", "memo", "memoising", "misses", "produce", "pure", "rules", "run", "source")
+    __slots__ = ("hits", "memo", "memoising", "misses", "produce", "pure", "rules", "run", "slot_names", "source")
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
@@ -269,6 +293,7 @@ class _RuleList:
         self.hits = 0
         self.misses = 0
         self.source = ""  # the generated code, for debugging
+        self.slot_names = _slot_names(rules)
         # until generated (a map that applies itself is only caught by the repository's check)
         self.run: Callable[[Any, dict[str, Any], State], None] = self._late_run
         self.produce: Callable[[Any, State], dict[str, Any]] = self._late_produce
@@ -299,7 +324,7 @@ class _RuleList:
                 return out
             if len(memo) >= MEMO_SIZE:
                 memo.clear()
-            memo[key] = _record(out, state)
+            memo[key] = _record(out, state, self.slot_names)
         return out
 
 
@@ -311,14 +336,19 @@ class PlanCompiler:
         self._lists: dict[int, _RuleList] = {}
         self._plans: dict[int, tuple[MessageMap, MessagePlan]] = {}
         self._visiting: set[int] = set()  # rule lists whose direct application is being decided
+        self._lock = threading.RLock()
 
     def plan(self, message_map: MessageMap) -> MessagePlan:
         found = self._plans.get(id(message_map))
         if found is not None and found[0] is message_map:
             return found[1]
-        plan = MessagePlan(message_map, self)
-        self._plans[id(message_map)] = (message_map, plan)
-        return plan
+        with self._lock:  # one compilation at a time: rule lists are registered before generated
+            found = self._plans.get(id(message_map))
+            if found is not None and found[0] is message_map:
+                return found[1]
+            plan = MessagePlan(message_map, self)
+            self._plans[id(message_map)] = (message_map, plan)
+            return plan
 
     # -- rule lists ---------------------------------------------------------------------------
     def rule_list(self, rules: list[Rule]) -> _RuleList:
@@ -686,58 +716,59 @@ class PlanCompiler:
 
 
 # -- message structure ----------------------------------------------------------------------------
-class _Identity:
-    """The id of a resource from its identity alternatives (see :mod:`.identity`)."""
-
-    __slots__ = ("alternatives", "message_identity", "name", "resource_type")
-
-    def __init__(self, spec: ResourceSpec) -> None:
-        self.name = spec.name
-        self.resource_type = spec.resource_type
-        self.message_identity = spec.message_identity
-        self.alternatives: tuple[tuple[IdentityAlt, Test | None], ...] = tuple(
-            (alt, compile_condition(alt.filter) if alt.filter is not None else None) for alt in spec.identity
+def _identity(spec: ResourceSpec) -> Callable[[Any, State], str]:
+    """The id of a resource from its identity alternatives (see :mod:`.identity`), as generated
+    code: for each alternative and each base node (``within``, filtered by ``where``), the keys
+    in order - an empty required key tries the next base, an empty optional one counts as "" -
+    and the first alternative with a business value (not only resource ids) gives the id; else
+    an id derived from the message (with a warning unless ``identity: message``)."""
+    code = _Code()
+    add = code.add
+    code.names.update(make_id=make_id)
+    resource_type = code.name("RT", spec.resource_type)
+    for alt in spec.identity:
+        if alt.within is None:
+            add(1, "for base in (node,):")
+        elif alt.filter is None:
+            add(1, f"for base in node.select({code.name('W', alt.within)}):")
+        else:
+            test = code.name("T", compile_condition(alt.filter))
+            add(1, f"for base in [b for b in node.select({code.name('W', alt.within)}) if {test}(b, state)]:")
+        parts: list[str] = []
+        valued: list[str] = []
+        for index, key in enumerate(alt.keys):
+            part = f"p{index}"
+            if key.resource:
+                add(2, f"t = state.scope.lookup({code.name('N', key.resource)})")
+                add(2, "v = t.id if t is not None else None")
+            elif key.constant:
+                add(2, f"v = {code.name('C', key.constant)}")
+                valued.append(part)
+            else:
+                add(2, f"v = base.value({code.name('P', key.path)})")
+                valued.append(part)
+            add(2, "if not v or not v.strip():")
+            add(3, f'{part} = ""' if key.optional else "continue")
+            add(2, "else:")
+            add(3, f"{part} = v.strip()")
+            parts.append(part)
+        add(2, f"if not ({' or '.join(valued) or 'False'}):")
+        add(3, "continue")
+        namespace = '"global"' if alt.namespace == "global" else "state.namespace"
+        add(2, f"return make_id({namespace}, {resource_type}, [{', '.join(parts)}])")
+    if not spec.message_identity:
+        warning = code.name(
+            "WARN", (f"{spec.resource_type} from ", ": no business identifier; id derived from the message")
         )
-
-    def __call__(self, node: Any, state: State) -> str:
-        for alt, test in self.alternatives:
-            keys = alt.keys
-            bases: Sequence[Any] = [node]
-            if alt.within is not None:
-                bases = node.select(alt.within)
-                if test is not None:
-                    bases = [b for b in bases if test(b, state)]
-            for base in bases:
-                parts: list[str] = []
-                valued = False
-                for key in keys:
-                    if key.resource:
-                        other = state.scope.lookup(key.resource)
-                        value = other.id if other is not None else None
-                    elif key.constant:
-                        value = key.constant
-                    else:
-                        value = base.value(key.path)
-                    if not value or not value.strip():
-                        if key.optional:
-                            parts.append("")
-                            continue
-                        break
-                    parts.append(value.strip())
-                    if not key.resource:
-                        valued = True
-                else:
-                    if not valued:
-                        continue
-                    namespace = "global" if alt.namespace == "global" else state.namespace
-                    return make_id(namespace, self.resource_type, parts)
-        if not self.message_identity:
-            state.warn(
-                f"{self.resource_type} from {node.location}: no business identifier; id derived from the message"
-            )
-        count = state.fallbacks.get(self.name, 0) + 1
-        state.fallbacks[self.name] = count
-        return make_id(state.namespace, self.resource_type, ("message", state.message_key, self.name, str(count)))
+        add(1, f"state.warn({warning}[0] + node.location + {warning}[1])")
+    name = code.name("NAME", spec.name)
+    add(1, f"count = state.fallbacks.get({name}, 0) + 1")
+    add(1, f"state.fallbacks[{name}] = count")
+    add(1, f'return make_id(state.namespace, {resource_type}, ("message", state.message_key, {name}, str(count)))')
+    source = "\n".join(["def identity(node, state):", *code.lines])
+    exec(compile(source, f"<identity of {spec.where}>", "exec"), code.names)  # noqa: S102 - generated from the maps
+    identity: Callable[[Any, State], str] = code.names["identity"]
+    return identity
 
 
 Item = Callable[[Any, State], None]
@@ -779,7 +810,7 @@ class MessagePlan:
 
     def _resource(self, spec: ResourceSpec) -> Item:
         rules = self._compiler.rule_list(spec.rules)
-        identity = _Identity(spec)
+        identity = _identity(spec)
         test = compile_condition(spec.when) if spec.when is not None else None
         from_path = spec.from_path
         name = spec.name

@@ -163,6 +163,16 @@ def merge(into: dict[str, Any], data: dict[str, Any]) -> None:
 Writer = Callable[[dict[str, Any], Any, Slots], None]
 
 
+def _child_list_code(name: str) -> list[str]:
+    """``items = _child_list(o, name)``, inlined."""
+    return [
+        f"    items = o.get({name})",
+        "    if not isinstance(items, list):",
+        "        items = [] if items is None else [items]",
+        f"        o[{name}] = items",
+    ]
+
+
 @cache
 def compile_target(steps: tuple[Step, ...]) -> Writer:
     """``assign(obj, steps, value, slots)`` for one target path, as generated straight-line code
@@ -188,15 +198,15 @@ def compile_target(steps: tuple[Step, ...]) -> Writer:
                 "    o = x",
             ]
         elif step.mode == APPEND:
-            lines.append(f"    items = _child_list(o, {name})")
+            lines += _child_list_code(name)
             if final:
                 lines.append("    items.append(value)")
                 break
             lines += ["    x = {}", "    items.append(x)", "    o = x"]
         elif step.mode == SLOT:
             label = repr(step.label)
+            lines += _child_list_code(name)
             lines += [
-                f"    items = _child_list(o, {name})",
                 f"    key = (id(o), {name}, {label})",
                 "    entry = slots.get(key)",
                 "    index = entry[0] if entry is not None and entry[1] is o else None",
