@@ -7,6 +7,18 @@
 #   docker run IMAGE db upgrade                    # apply store migrations, then exit
 # Configuration comes from MEORING_<SECTION>__<KEY> environment variables (docs/configuration.md).
 
+# Stage 1: the compiled translation hot path (hub/accel.py: mypyc, needs a C compiler). The
+# final image only receives the built extensions; they are used because they were built from
+# exactly the sources installed there (same wheel, same digest).
+FROM python:3.11.13-slim-bookworm AS accel
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /tmp/meoring-src
+COPY . .
+RUN pip install --no-cache-dir . mypy \
+ && MEORING_ACCEL_DIR=/opt/meoring/accel meoring accel build
+
 FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -28,6 +40,9 @@ WORKDIR /tmp/meoring-src
 COPY . .
 RUN if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; else pip install .; fi \
  && cd / && rm -rf /tmp/meoring-src
+
+COPY --from=accel /opt/meoring/accel /opt/meoring/accel
+ENV MEORING_ACCEL_DIR=/opt/meoring/accel
 
 USER meoring:meoring
 WORKDIR /var/lib/meoring

@@ -13,6 +13,10 @@ layouts skipped - :mod:`hub.mapping.fastvalidate`); ``--full-validation`` runs t
 R4B models on every resource instead. LinuxForHealth's converter on the same messages:
 ``bench/hl7v2_lfh_compare.py``.
 
+Compiled accelerators (:mod:`hub.accel`, ``meoring accel build``) are used when built for these
+sources, as in the hub's processes; the run then measures the plain-Python translator too, in a
+child process with ``MEORING_ACCEL=0``, and prints both.
+
 Usage: ``python bench/hl7v2_translate.py [--messages N] [--rounds R] [--full-validation]``
 Last line: ``RESULT translate_oru_r01=<v> msg/s baseline python_hl7_parse=<v> msg/s ratio=<x>``.
 """
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import hl7
 
 from adapters.hl7v2 import Hl7v2Translator
+from hub import accel
 
 SAMPLES = ROOT / "mappings" / "samples" / "hl7v2"
 
@@ -108,8 +115,19 @@ def main() -> None:
     adt = variants((SAMPLES / "adt_a01.hl7").read_bytes(), args.messages, 2)
     mode = "full validate_resource on every resource" if args.full_validation else "default (layout-memo) validation"
     print(f"python {sys.version.split()[0]}, {args.messages} distinct messages each, best of {args.rounds}, {mode}")
+    print(f"translator modules: {accel.state().describe()}")
     oru_rate, oru_base = measure("ORU^R01 (10 OBX)", oru, translator, args.rounds)
     measure("ADT^A01", adt, translator, args.rounds)
+    if accel.state().active:
+        plain = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:]],
+            env={**os.environ, "MEORING_ACCEL": "0"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for line in plain.stdout.splitlines()[2:-1]:
+            print(f"  plain Python, same messages: {line}")
     print(
         f"RESULT translate_oru_r01={oru_rate:.0f} msg/s baseline python_hl7_parse={oru_base:.0f} msg/s "
         f"ratio={oru_rate / oru_base:.2f}"

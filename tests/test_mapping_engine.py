@@ -14,7 +14,7 @@ from hub.errors import MappingError, ValidationFailed
 from hub.fhir.validation import validate_resource
 from hub.mapping import Choice, MappingEngine, MappingRepository, make_id
 from hub.mapping.fastvalidate import ShapeValidator
-from hub.mapping.source import ABSENT, NULL, VALUED
+from hub.mapping.source import ABSENT, NULL, VALUED, value_pure
 from hub.mapping.target import assign, parse_target
 
 
@@ -427,12 +427,10 @@ class RelativePath(tuple[str, ...]):
 CALLS: list[str] = []
 
 
+@value_pure
 def counted(node: Any, ctx: Any, args: Mapping[str, Any]) -> Any:
     CALLS.append(node.location)
     return node.value(None)
-
-
-counted.value_pure = True  # type: ignore[attr-defined]
 
 
 class MemoDialect(JsonDialect):

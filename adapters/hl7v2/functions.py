@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from hub.mapping.source import Function, FunctionContext
+from hub.mapping.source import Function, FunctionContext, value_pure
 from hub.mapping.target import Choice
 
 from .source import HPath, ValueNode
@@ -538,13 +538,9 @@ def f_message_type(node: Any, ctx: FunctionContext, args: Mapping[str, Any]) -> 
 
 
 def _value_pure(function: Function) -> Function:
-    """Mark a transform whose result depends only on the text of the value it is applied to
-    (reads relative to the node, the rule's args and ConceptMaps; its only effect a warning):
-    datatype maps built from such transforms may be memoised (:mod:`hub.mapping.plan`).
-    Transforms reading other fields (``quantity`` reads OBX-6), MSH-7 or settings (the date
-    transforms: the default UTC offset) are not."""
-    setattr(function, "value_pure", True)  # noqa: B010 - an attribute on a function object
-    return function
+    """:func:`hub.mapping.source.value_pure`. Transforms reading other fields (``quantity`` reads
+    OBX-6), MSH-7 or settings (the date transforms: the default UTC offset) are not pure."""
+    return value_pure(function)
 
 
 FUNCTIONS: dict[str, Function] = {

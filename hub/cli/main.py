@@ -241,6 +241,20 @@ def cmd_mappings(args: argparse.Namespace, settings: HubSettings) -> int:
     return 0
 
 
+def cmd_accel(args: argparse.Namespace, _settings: HubSettings) -> int:
+    from hub import accel
+
+    if args.action == "build":
+        try:
+            where = accel.build(force=args.force)
+        except accel.AccelBuildError as exc:
+            raise CliError(f"accelerators not built: {exc}") from None
+        _print(f"accelerators built: {where} (used by processes started from now on)")
+        return 0
+    _print(accel.state().describe())
+    return 0
+
+
 def _install_signal_handlers(stop: threading.Event) -> None:
     import signal
 
@@ -297,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hub.openemr.cli import add_openemr_commands
 
     add_openemr_commands(sub)
+    p = add("accel", cmd_accel, "compiled accelerators for translation: build, or status (in use or not, and why)")
+    p.add_argument("action", choices=["build", "status"])
+    p.add_argument("--force", action="store_true", help="rebuild even if a build for these sources exists")
     p = add("mappings", cmd_mappings, "mapping files: validate")
     p.add_argument("action", choices=["validate"])
     p.add_argument("directory", nargs="?", help="mapping directory (default: the configured one)")

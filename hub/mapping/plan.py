@@ -52,7 +52,7 @@ from .model import (
     ScopeSpec,
 )
 from .runtime import Built, Scope, State, clone, location, vocabulary
-from .source import NULL, VALUED, SourceNode
+from .source import NULL, VALUED, SourceNode, is_value_pure
 from .target import PLAIN, SLOT, compile_target, merge
 
 __all__ = ["MessagePlan", "PlanCompiler"]
@@ -372,7 +372,7 @@ class PlanCompiler:
                     return False
                 if rule.kind == SOURCE and not _value_relative(rule.source):
                     return False
-                if rule.transform is not None and not getattr(rule.transform, "value_pure", False):
+                if rule.transform is not None and not is_value_pure(rule.transform):
                     return False
                 for cond in (rule.when, rule.filter):
                     if cond is None:

@@ -15,7 +15,17 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from .conceptmap import ConceptMapStore
 
-__all__ = ["ABSENT", "NULL", "VALUED", "Dialect", "Function", "FunctionContext", "SourceNode"]
+__all__ = [
+    "ABSENT",
+    "NULL",
+    "VALUED",
+    "Dialect",
+    "Function",
+    "FunctionContext",
+    "SourceNode",
+    "is_value_pure",
+    "value_pure",
+]
 
 ABSENT, NULL, VALUED = "absent", "null", "valued"
 
@@ -55,6 +65,21 @@ class FunctionContext(Protocol):
 
 #: A transform: (input node, context, arguments from the rule) → value (or None for nothing).
 Function = Callable[[SourceNode, FunctionContext, Mapping[str, Any]], Any]
+
+# A registry rather than an attribute on the function: compiled (mypyc) functions take none.
+_VALUE_PURE: set[Function] = set()
+
+
+def value_pure(function: Function) -> Function:
+    """Mark a transform whose result depends only on the text of the value it is applied to
+    (reads relative to the node, the rule's args and ConceptMaps; its only effect a warning):
+    datatype maps built from such transforms may be memoised (:mod:`hub.mapping.plan`)."""
+    _VALUE_PURE.add(function)
+    return function
+
+
+def is_value_pure(function: Function) -> bool:
+    return function in _VALUE_PURE
 
 
 class Dialect(Protocol):
