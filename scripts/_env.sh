@@ -21,7 +21,11 @@ setup_venv() {
   fi
   # Re-install only when the dependency list changed (pip is slow even when all is there).
   local stamp="$VENV/.meoring-$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)-$extras"
-  if [ ! -f "$stamp" ] || ! "$VENV/bin/python" -c 'import hub' 2>/dev/null; then
+  # …or when the venv's editable install points at another clone (a reused venv would run its code).
+  local here
+  here="$(cd / && "$VENV/bin/python" -c 'import hub, os; print(os.path.dirname(os.path.dirname(hub.__file__)))' \
+    2>/dev/null || true)"
+  if [ ! -f "$stamp" ] || [ -z "$here" ] || [ "$(cd "$here" && pwd -P)" != "$(cd "$REPO" && pwd -P)" ]; then
     echo "==> installing Meoring Hub and its dependencies into $VENV"
     "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q -e "$REPO[$extras]"
