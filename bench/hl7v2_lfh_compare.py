@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.hl7v2 import Hl7v2Translator
 from bench.hl7v2_translate import SAMPLES, variants
+from hub import accel
 
 LFH_PROJECT = ROOT / "bench" / "lfh"
 CACHE = Path(os.environ.get("MEORING_LFH_CACHE", Path.home() / ".cache" / "meoring" / "lfh"))
@@ -164,6 +165,7 @@ def main() -> int:
         "adt_a01": variants((SAMPLES / "adt_a01.hl7").read_bytes(), args.messages, 2),
     }
     print(f"python {sys.version.split()[0]}, {args.messages} distinct messages per type (ORU^R01 with 10 OBX, ADT^A01)")
+    print(f"translator modules: {accel.state().describe()}")
     mine = {name: ours(messages, args.rounds) for name, messages in sets.items()}
     for name, rate in mine.items():
         print(f"meoring {name}: {rate:,.0f} msg/s (CPU time, one core, default validation, best of {args.rounds})")
