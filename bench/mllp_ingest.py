@@ -5,7 +5,10 @@
 Baseline, same run: the same listener answering AA without storing anything — the cost of
 framing, parsing and ACK alone, so the ratio shows what durability costs.
 The listener runs in its own process; senders are threads in this one.
-Usage: python bench/mllp_ingest.py [--seconds S] [--senders 1,8]
+``--ack-after translated`` measures the receiver that also translates each message before its
+ACK (``mllp.ack_after: translated``); ``--translate-threads N`` runs those translations on N
+threads instead of the event loop.
+Usage: python bench/mllp_ingest.py [--seconds S] [--senders 1,8] [--ack-after stored|translated]
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class AckOnly:
         return None
 
 
-def serve(mode: str, db: str, ready: mp.Queue) -> None:  # type: ignore[type-arg]
+def serve(mode: str, db: str, ready: mp.Queue, ack_after: str, threads: int) -> None:  # type: ignore[type-arg]
     async def main() -> None:
         if mode == "durable":
             from adapters.hl7v2.service import Hl7v2Receiver
@@ -55,7 +58,8 @@ def serve(mode: str, db: str, ready: mp.Queue) -> None:  # type: ignore[type-arg
 
             store = Store.open(db)
             writer = store.group_writer().start()
-            handler = Hl7v2Receiver(writer, Hl7v2Translator())
+            handler = Hl7v2Receiver(writer, Hl7v2Translator(), ack_after=ack_after,  # type: ignore[arg-type]
+                                    translate_threads=threads)
         else:
             handler = AckOnly()  # type: ignore[assignment]
         listener = MllpListener("127.0.0.1", 0, handler=handler)  # type: ignore[arg-type]
@@ -100,11 +104,12 @@ def drive(port: int, senders: int, seconds: float) -> tuple[float, float, float]
     return rate, p50, p99
 
 
-def measure(mode: str, senders: int, seconds: float) -> tuple[float, float, float]:
+def measure(mode: str, senders: int, seconds: float, ack_after: str = "stored",
+            threads: int = 0) -> tuple[float, float, float]:
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
     db = f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-mllp-')) / 'inbox.db'}"
-    process = ctx.Process(target=serve, args=(mode, db, ready), daemon=True)
+    process = ctx.Process(target=serve, args=(mode, db, ready, ack_after, threads), daemon=True)
     process.start()
     try:
         port = ready.get(timeout=60)
@@ -119,16 +124,24 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--senders", default="1,8")
+    parser.add_argument("--ack-after", choices=("stored", "translated"), default="stored")
+    parser.add_argument("--translate-threads", type=int, default=None,
+                        help="translation threads in translated mode (default: the receiver's own default)")
     args = parser.parse_args()
+    from adapters.hl7v2.service import TRANSLATE_THREADS
+
+    threads = TRANSLATE_THREADS if args.translate_threads is None else args.translate_threads
+    label = "durable" if args.ack_after == "stored" else "translated"
     results = {}
     for senders in (int(s) for s in args.senders.split(",")):
         for mode in ("durable", "ack-only"):
-            rate, p50, p99 = measure(mode, senders, args.seconds)
+            rate, p50, p99 = measure(mode, senders, args.seconds, args.ack_after, threads)
             results[(mode, senders)] = rate
-            print(f"{mode:<9} senders={senders}: {rate:8.0f} msg/s  ack p50={p50:6.2f} ms  p99={p99:6.2f} ms")
+            name = label if mode == "durable" else mode
+            print(f"{name:<10} senders={senders}: {rate:8.0f} msg/s  ack p50={p50:6.2f} ms  p99={p99:6.2f} ms")
     top = max(int(s) for s in args.senders.split(","))
     durable, baseline = results[("durable", top)], results[("ack-only", top)]
-    print(f"RESULT mllp_durable_ingest_{top}_senders={durable:.0f} msg/s "
+    print(f"RESULT mllp_{label}_ingest_{top}_senders={durable:.0f} msg/s "
           f"baseline mllp_ack_only_{top}_senders={baseline:.0f} msg/s ratio={durable / baseline:.2f}")
 
 

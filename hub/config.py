@@ -102,6 +102,12 @@ class MllpSettings(_Section):
     idle_timeout_s: float = Field(300.0, gt=0)
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+    ack_after: Literal["stored", "translated"] = Field(
+        "stored",
+        description="AA once the raw message is stored (fast; translation failures become dead letters), or only"
+        " once it also translates (AE with the reason; costs the translation CPU at receipt). Also used by"
+        " `meoring ingest` for HL7 v2 files",
+    )
 
 
 class RedisSettings(_Section):

@@ -6,6 +6,7 @@ only sees the :class:`~hub.pipeline.translator.Translator` protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -16,14 +17,14 @@ from pathlib import Path
 import httpx
 
 from hub.config import HubSettings
-from hub.errors import HubError
+from hub.errors import HubError, MappingError
 from hub.fhir.client import FhirClient
 from hub.fhir.retry import RetryPolicy
 from hub.metrics import PipelineMetrics
 from hub.pipeline.delivery import Deliverer, FhirBundleDeliverer
 from hub.pipeline.fhir_passthrough import FhirBundlePassthrough
 from hub.pipeline.translator import InboundMessage, Translator
-from hub.pipeline.worker import PipelineWorker
+from hub.pipeline.worker import PipelineWorker, rejection_for
 from hub.store import IncomingMessage, Store
 from hub.store.records import utcnow
 
@@ -103,6 +104,28 @@ def read_messages(channel: str, path: Path, *, source: str | None = None) -> lis
     module_name, _, function_name = target.partition(":")
     reader: Callable[..., list[IncomingMessage]] = getattr(importlib.import_module(module_name), function_name)
     return reader(path, source=source)
+
+
+def translate_on_receipt(translator: Translator,
+                         message: IncomingMessage) -> tuple[IncomingMessage, MappingError | None]:
+    """Translate ``message`` before storing it (``mllp.ack_after: translated``).
+
+    Returns the message to store and, when it cannot become FHIR, the error: the message then
+    carries a rejection and is stored as a dead letter with the reason. The translation itself
+    is thrown away; the worker translates the stored message again with its inbox id.
+    """
+    inbound = InboundMessage(inbox_id=0, channel=message.channel, source=message.source, payload=message.payload,
+                             received_at=message.received_at or utcnow(), message_id=message.message_id,
+                             content_type=message.content_type)
+    try:
+        translator.translate(inbound)
+    except MappingError as exc:
+        return dataclasses.replace(message, rejection=rejection_for(exc)), exc
+    except Exception as exc:  # noqa: BLE001 - a hub bug is not the message's fault
+        # Stored as received: the worker translates it again and records what happens there.
+        log.error("translation on receipt failed unexpectedly",
+                  extra={"event": "translate_on_receipt_crashed", "error": type(exc).__name__})
+    return message, None
 
 
 def read_fhir_file(path: Path, *, source: str | None = None) -> list[IncomingMessage]:

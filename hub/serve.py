@@ -31,7 +31,8 @@ def serve(settings: HubSettings, *, worker: bool = True, mllp: bool = True) -> i
     if mllp and settings.mllp.enabled:
         from adapters.hl7v2.service import run_mllp_in_thread
 
-        threads.append(run_mllp_in_thread(settings, store, stop, metrics.received.labels("hl7v2").inc))
+        threads.append(run_mllp_in_thread(settings, store, stop, metrics.received.labels("hl7v2").inc,
+                                          metrics.translations.labels("hl7v2", "rejected").inc))
     for thread in threads:
         thread.start()
     try:

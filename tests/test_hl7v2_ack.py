@@ -131,7 +131,18 @@ def test_error_location_parsing() -> None:
     assert parse_error_location("PATIENT_RESULT[1]/PID-3") == ("PID", 1, 3, 1, 0, 0)
     assert parse_error_location("MSH") == ("MSH", 1, 0, 0, 0, 0)
     assert parse_error_location("valueQuantity.value") is None
+    assert parse_error_location("performer[0].actor") is None  # a FHIR path (ValidationFailed)
     assert parse_error_location(None) is None
+
+
+def test_error_location_of_an_empty_rule_source_keeps_the_occurrence() -> None:
+    # A required rule whose source is empty reports "<node> <source>" (hub.mapping.runtime.location).
+    assert parse_error_location("OBX[2] OBX-14") == ("OBX", 2, 14, 1, 0, 0)
+    assert parse_error_location("PID PID-3") == ("PID", 1, 3, 1, 0, 0)
+    assert parse_error_location("OBX[3] 5") == ("OBX", 3, 5, 1, 0, 0)  # relative: field of the segment
+    assert parse_error_location("OBX[2]-5 1") == ("OBX", 2, 5, 1, 1, 0)  # component of the field
+    assert parse_error_location("OBX[2]-5.1 2") == ("OBX", 2, 5, 1, 1, 2)
+    assert parse_error_location("ORDER_OBSERVATION[1] OBR-7") == ("OBR", 1, 7, 1, 0, 0)
 
 
 def test_ack_control_ids_are_unique_by_default() -> None:

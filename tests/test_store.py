@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from hub.store import IncomingMessage, Rejected, Status, Store, Translated
+from hub.store import IncomingMessage, Rejected, Rejection, Status, Store, Translated
 from hub.store.records import utcnow
 from hub.store.schema import inbox_messages
 
@@ -159,6 +159,30 @@ def test_translate_rejection_dead_letters_and_replays_to_received(store: Store) 
     assert letter.stage == "translate" and "PID-3" in letter.reason
     assert store.replay.replay_dead([letter.dead_letter_id]) == 1
     assert store.inbox.get(claimed.inbox_id).status == Status.RECEIVED  # type: ignore[union-attr]
+
+
+def test_a_rejected_message_is_stored_dead_with_its_letter_in_the_same_group(store: Store) -> None:
+    # ``mllp.ack_after: translated``: stored for audit and replay, never handed to the worker.
+    why = Rejection("ValidationFailed", "ValidationFailed at OBX-5: not a number")
+    rejected = IncomingMessage("hl7v2", "LAB|LIS", b"MSH|^~\\&|bad", message_id="bad-1", rejection=why)
+    with store.group_writer() as writer:
+        receipts = store.inbox.receive_many([msg(1), rejected, msg(2)])
+        again = writer.receive(IncomingMessage("hl7v2", "LAB|LIS", b"other bytes", message_id="bad-1",
+                                               rejection=why))
+    assert [r.status for r in receipts] == [Status.RECEIVED, Status.DEAD, Status.RECEIVED]
+    assert again.duplicate and again.inbox_id == receipts[1].inbox_id and again.status == Status.DEAD
+    dead = store.inbox.get(receipts[1].inbox_id)
+    assert dead is not None and dead.status == Status.DEAD and dead.payload == b"MSH|^~\\&|bad"
+    assert dead.last_error == why.reason
+    [letter] = store.replay.dead_letters()  # one letter: the duplicate added none
+    assert (letter.inbox_id, letter.stage, letter.error_type, letter.reason) == (
+        receipts[1].inbox_id, "translate", "ValidationFailed", why.reason)
+    assert {m.inbox_id for m in store.inbox.claim_received(limit=10, lease=LEASE)} == {
+        receipts[0].inbox_id, receipts[2].inbox_id}
+    assert store.stats().open_dead_letters == 1
+    assert store.replay.replay_dead() == 1
+    [requeued] = store.inbox.claim_received(limit=10, lease=LEASE)
+    assert requeued.inbox_id == receipts[1].inbox_id and requeued.last_error is None
 
 
 def test_replay_time_range_requeues_and_supersedes(store_url: str) -> None:

@@ -103,11 +103,30 @@ _LOCATION = re.compile(
 
 def parse_error_location(location: str | None) -> tuple[str, int, int, int, int, int] | None:
     """(segment, sequence, field, repetition, component, subcomponent) of an HL7 location such as
-    ``OBX[3]-5.1`` or ``PATIENT_RESULT[1]/PID-3``; None when it is not an HL7 location."""
+    ``OBX[3]-5.1`` or ``PATIENT_RESULT[1]/PID-3``; None when it is not an HL7 location.
+
+    A mapping rule whose source is empty is reported as ``<node> <source>`` (``OBX[2] OBX-14``,
+    ``OBX[2]-5 1``): the node says which occurrence, the source which field or component.
+    """
     if not location:
         return None
-    tail = location.strip().rsplit("/", 1)[-1].rsplit(" ", 1)[-1]
-    match = _LOCATION.match(tail)
+    parts = location.strip().rsplit("/", 1)[-1].split(" ")
+    where = _location_parts(parts[-1])
+    node = _location_parts(parts[-2]) if len(parts) > 1 else None
+    if node is not None:
+        relative = _RELATIVE.match(parts[-1])
+        if relative is not None:
+            where = _below(node, [int(n) for n in parts[-1].split(".")])
+        elif where is not None and where[0] == node[0]:
+            where = (where[0], node[1], *where[2:])
+    return where
+
+
+_RELATIVE = re.compile(r"\d+(?:\.\d+){0,2}$")
+
+
+def _location_parts(text: str) -> tuple[str, int, int, int, int, int] | None:
+    match = _LOCATION.match(text)
     if match is None:
         return None
     return (
@@ -118,6 +137,16 @@ def parse_error_location(location: str | None) -> tuple[str, int, int, int, int,
         int(match["comp"] or 0),
         int(match["sub"] or 0),
     )
+
+
+def _below(node: tuple[str, int, int, int, int, int], numbers: list[int]) -> tuple[str, int, int, int, int, int]:
+    """``numbers`` (field[.component[.sub]] or component[.sub]...) relative to ``node``."""
+    seg, seq, field, rep, comp, sub = node
+    slots = [field, comp, sub]
+    start = 0 if not field else (1 if not comp else 2)
+    for offset, number in enumerate(numbers[: 3 - start]):
+        slots[start + offset] = number
+    return seg, seq, slots[0], rep or (1 if slots[0] else 0), slots[1], slots[2]
 
 
 def _timestamp(now: datetime | None) -> str:

@@ -7,6 +7,15 @@ message is committed to the inbox. What cannot be parsed or is not supported get
 cannot be stored gets ``AE`` 207 so the sender sends it again. A repeated MSH-10 from the
 same sender is acknowledged again without being processed twice. In enhanced mode
 (MSH-15 valued) a commit ACK (``CA``/``CE``/``CR``) is sent as MSH-15 asks.
+
+With ``mllp.ack_after: translated`` the message is also translated before it is acknowledged.
+One that cannot become FHIR is still committed - as a dead letter with the reason, in the same
+group commit - and only then answered ``AE`` with an ERR segment (0357 code, ERR-2 location,
+ERR-8 text). In enhanced mode that is an application-level answer, so MSH-16 decides: ``AL``/``ER``
+(or empty) get the ``AE`` on this connection (the hub has no way to send a separate application
+ACK later); ``NE``/``SU`` mean the sender does not want application errors, so it gets the commit
+answer MSH-15 asks for - ``CA``, since the message is safely stored. The translation is not kept:
+the worker translates a stored message again, with the inbox id its Provenance points at.
 """
 
 from __future__ import annotations
@@ -16,16 +25,20 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 from hub.config import HubSettings
 from hub.errors import HubError, MappingError, UnsupportedMessage
+from hub.pipeline.worker import rejection_for
 from hub.store import GroupCommitWriter, IncomingMessage, Store
+from hub.store.records import utcnow
 
 from .ack import AckCode, ack_for_error, build_ack, should_send_ack
 from .batch import split_batch
 from .mllp import MllpListener
-from .parser import Header, parse, peek_header
+from .parser import Header, Message, parse, peek_header
 from .structure import resolve_structure
 from .translator import CHANNEL, Hl7v2Translator, default_translator
 
@@ -33,6 +46,8 @@ log = logging.getLogger("adapters.hl7v2")
 
 SUPPORTED_VERSIONS = ("2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "2.7", "2.8")
 SUPPORTED_PROCESSING_IDS = ("P", "T", "D")
+#: Threads translating on receipt (``ack_after: translated``); 0 translates on the event loop.
+TRANSLATE_THREADS = 0
 
 
 def translator_from_settings(_settings: HubSettings) -> Hl7v2Translator:
@@ -65,20 +80,44 @@ def read_hl7v2_file(path: Path, *, source: str | None = None) -> list[IncomingMe
 
 
 class Hl7v2Receiver:
-    """The :class:`~adapters.hl7v2.mllp.FrameHandler` for HL7 v2 over MLLP."""
+    """The :class:`~adapters.hl7v2.mllp.FrameHandler` for HL7 v2 over MLLP.
+
+    ``ack_after="translated"`` translates each message before answering (needs ``translator``);
+    ``translate_threads`` > 0 runs those translations on a pool of that many threads instead of
+    the event loop (0: on the loop). ``on_rejected`` is called for each newly stored message that
+    did not translate. Call :meth:`close` when done.
+    """
 
     def __init__(self, writer: GroupCommitWriter, translator: Hl7v2Translator | None = None, *,
-                 on_stored: Callable[[], None] | None = None) -> None:
+                 on_stored: Callable[[], None] | None = None,
+                 ack_after: Literal["stored", "translated"] = "stored",
+                 translate_threads: int = 0,
+                 on_rejected: Callable[[], None] | None = None) -> None:
+        if ack_after not in ("stored", "translated"):
+            raise ValueError("ack_after must be 'stored' or 'translated'")
+        if ack_after == "translated" and translator is None:
+            raise ValueError("ack_after='translated' needs a translator")
         self._writer = writer
         self._translator = translator
         self._on_stored = on_stored
+        self._on_rejected = on_rejected
+        self.ack_after = ack_after
+        self._pool = (ThreadPoolExecutor(translate_threads, thread_name_prefix="hl7v2-translate")
+                      if ack_after == "translated" and translate_threads > 0 else None)
         self.accepted = 0
         self.rejected = 0
         self.duplicates = 0
+        self.untranslatable = 0
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def check(self, raw: bytes) -> Header:
         """Parse and check what can be checked before storing; raises MappingError."""
-        header = parse(raw).header
+        return self._check(parse(raw).header)
+
+    def _check(self, header: Header) -> Header:
         if header.version and not header.version.startswith(SUPPORTED_VERSIONS):
             raise MappingError(
                 "MSH-12 version is not supported (2.1 to 2.8 are)",
@@ -99,7 +138,8 @@ class Hl7v2Receiver:
 
     async def handle(self, payload: bytes, peer: str) -> bytes | None:
         try:
-            header = self.check(payload)
+            parsed = parse(payload)
+            header = self._check(parsed.header)
         except MappingError as exc:
             self.rejected += 1
             log.warning(
@@ -111,12 +151,16 @@ class Hl7v2Receiver:
             if enhanced and not should_send_ack(peeked.accept_ack_type if peeked else None, success=False):
                 return None
             return ack_for_error(payload, exc, header=peeked, accept_level=enhanced)
+        failure: MappingError | None = None
+        if self.ack_after == "translated":
+            failure = await self._translate(parsed)
         message = IncomingMessage(
             channel=CHANNEL,
             source=source_of(header),
             payload=payload,
             message_id=header.control_id,
             content_type="x-application/hl7-v2+er7",
+            rejection=rejection_for(failure) if failure is not None else None,
         )
         try:
             receipt = await self._writer.receive_async(message)
@@ -134,6 +178,23 @@ class Hl7v2Receiver:
             self.accepted += 1
             if self._on_stored is not None:
                 self._on_stored()
+        if failure is not None:
+            if not receipt.duplicate:
+                self.untranslatable += 1
+                if self._on_rejected is not None:
+                    self._on_rejected()
+            log.warning(
+                "hl7v2 message stored as a dead letter: it cannot be translated",
+                extra={
+                    "event": "hl7v2_untranslatable",
+                    "inbox_id": receipt.inbox_id,
+                    "control_id": header.control_id,
+                    "duplicate": receipt.duplicate,
+                    "location": failure.location,
+                    "reason": str(failure),
+                },
+            )
+            return self._untranslatable_ack(payload, header, failure)
         log.info(
             "hl7v2 message stored",
             extra={
@@ -148,6 +209,37 @@ class Hl7v2Receiver:
                 return None
             return build_ack(header, AckCode.CA)
         return build_ack(header, AckCode.AA)
+
+    async def _translate(self, parsed: Message) -> MappingError | None:
+        """The reason ``parsed`` cannot become FHIR, or None when it translates."""
+        if self._pool is None:
+            return self._translation_error(parsed)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._translation_error, parsed)
+
+    def _translation_error(self, parsed: Message) -> MappingError | None:
+        assert self._translator is not None
+        try:
+            self._translator.translate_message(parsed, received_at=utcnow())
+        except MappingError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - a hub bug is not the sender's error
+            # Stored as received and accepted: the worker translates it again and records
+            # whatever happens there, as in ``stored`` mode.
+            log.error("translation on receipt failed unexpectedly",
+                      extra={"event": "hl7v2_translate_crashed", "error": type(exc).__name__})
+        return None
+
+    @staticmethod
+    def _untranslatable_ack(payload: bytes, header: Header, error: MappingError) -> bytes | None:
+        """The answer for a message stored as a dead letter because it cannot be translated."""
+        if not header.enhanced_mode:
+            return ack_for_error(payload, error, header=header)
+        if should_send_ack(header.application_ack_type, success=False):
+            return ack_for_error(payload, error, header=header, accept_level=False)
+        # MSH-16 NE/SU: no application errors wanted; the commit itself succeeded.
+        if not should_send_ack(header.accept_ack_type, success=True):
+            return None
+        return build_ack(header, AckCode.CA)
 
     async def reject_oversized(self, head: bytes, limit: int, peer: str) -> bytes | None:
         self.rejected += 1
@@ -166,9 +258,14 @@ def _ssl_context(settings: HubSettings) -> ssl.SSLContext | None:
     return context
 
 
-def build_listener(settings: HubSettings, writer: GroupCommitWriter,
-                   on_stored: Callable[[], None] | None = None) -> MllpListener:
-    receiver = Hl7v2Receiver(writer, default_translator(), on_stored=on_stored)
+def build_receiver(settings: HubSettings, writer: GroupCommitWriter, *,
+                   on_stored: Callable[[], None] | None = None,
+                   on_rejected: Callable[[], None] | None = None) -> Hl7v2Receiver:
+    return Hl7v2Receiver(writer, default_translator(), on_stored=on_stored, on_rejected=on_rejected,
+                         ack_after=settings.mllp.ack_after, translate_threads=TRANSLATE_THREADS)
+
+
+def build_listener(settings: HubSettings, receiver: Hl7v2Receiver) -> MllpListener:
     return MllpListener(
         settings.mllp.host,
         settings.mllp.port,
@@ -180,12 +277,14 @@ def build_listener(settings: HubSettings, writer: GroupCommitWriter,
 
 
 async def _serve(settings: HubSettings, store: Store, stop: threading.Event | None,
-                 on_stored: Callable[[], None] | None = None) -> None:
+                 on_stored: Callable[[], None] | None = None,
+                 on_rejected: Callable[[], None] | None = None) -> None:
     with store.group_writer(
         max_batch=settings.store.group_commit_max_batch,
         max_wait=settings.store.group_commit_max_wait_ms / 1000,
     ) as writer:
-        listener = build_listener(settings, writer, on_stored)
+        receiver = build_receiver(settings, writer, on_stored=on_stored, on_rejected=on_rejected)
+        listener = build_listener(settings, receiver)
         await listener.start()
         try:
             if stop is None:
@@ -195,6 +294,7 @@ async def _serve(settings: HubSettings, store: Store, stop: threading.Event | No
                     await asyncio.sleep(0.2)
         finally:
             await listener.close()
+            receiver.close()
 
 
 def run_mllp(settings: HubSettings, store: Store) -> int:
@@ -207,10 +307,12 @@ def run_mllp(settings: HubSettings, store: Store) -> int:
 
 
 def run_mllp_in_thread(settings: HubSettings, store: Store, stop: threading.Event,
-                       on_stored: Callable[[], None] | None = None) -> threading.Thread:
+                       on_stored: Callable[[], None] | None = None,
+                       on_rejected: Callable[[], None] | None = None) -> threading.Thread:
     """The listener on its own event loop in a thread (``meoring serve``); ends when ``stop`` is set.
 
-    ``on_stored`` is called for each newly stored message (the hub's received-messages counter).
+    ``on_stored`` is called for each newly stored message (the hub's received-messages counter),
+    ``on_rejected`` for each one stored as a dead letter because it did not translate on receipt.
     """
-    return threading.Thread(target=lambda: asyncio.run(_serve(settings, store, stop, on_stored)), name="mllp",
-                            daemon=True)
+    return threading.Thread(target=lambda: asyncio.run(_serve(settings, store, stop, on_stored, on_rejected)),
+                            name="mllp", daemon=True)

@@ -129,21 +129,38 @@ def cmd_doctor(_args: argparse.Namespace, settings: HubSettings) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: HubSettings) -> int:
-    from hub.runtime import open_store, read_messages
+    from hub.runtime import open_store, read_messages, translate_on_receipt, translator_for
 
+    # ``mllp.ack_after: translated`` holds for HL7 v2 files too: what cannot be translated is kept
+    # as a dead letter and reported here, as the MLLP sender would hear AE.
+    translator = translator_for(args.channel, settings) \
+        if args.channel == "hl7v2" and settings.mllp.ack_after == "translated" else None
     store = open_store(settings)
-    stored = duplicates = 0
+    stored = duplicates = untranslatable = 0
     try:
         with store.group_writer(max_batch=settings.store.group_commit_max_batch,
                                 max_wait=settings.store.group_commit_max_wait_ms / 1000) as writer:
             for path in args.files:
-                for message in read_messages(args.channel, Path(path), source=args.source):
+                for index, message in enumerate(read_messages(args.channel, Path(path), source=args.source), 1):
+                    error = None
+                    if translator is not None:
+                        message, error = translate_on_receipt(translator, message)
                     receipt = writer.receive(message)
                     duplicates += receipt.duplicate
                     stored += not receipt.duplicate
+                    if error is not None:
+                        untranslatable += 1
+                        kept = (f"duplicate of inbox #{receipt.inbox_id}, not stored again" if receipt.duplicate
+                                else f"kept as dead letter, inbox #{receipt.inbox_id}")
+                        reason = message.rejection.reason if message.rejection is not None else str(error)
+                        sys.stderr.write(f"meoring: {path}: message {index} (id {message.message_id or '-'}) "
+                                         f"cannot be translated ({kept}): {reason}\n")
     finally:
         store.close()
     _print(f"stored {stored} message(s), {duplicates} duplicate(s) acknowledged without reprocessing")
+    if untranslatable:
+        sys.stderr.write(f"meoring: {untranslatable} message(s) cannot be translated; see `meoring replay --list`\n")
+        return 1
     return 0
 
 

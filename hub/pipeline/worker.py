@@ -23,7 +23,7 @@ from hub.metrics import PipelineMetrics
 from hub.pipeline.backoff import backoff_delay
 from hub.pipeline.delivery import Deliverer
 from hub.pipeline.translator import InboundMessage, Translator
-from hub.store import Rejected, Store, Translated
+from hub.store import Rejected, Rejection, Store, Translated
 from hub.store.records import OutboxEntry, StoredMessage, utcnow
 
 log = logging.getLogger("hub.pipeline")
@@ -48,6 +48,11 @@ def describe_error(exc: BaseException) -> str:
     where = f" at {location}" if location else ""
     text = str(exc) if isinstance(exc, HubError) else "unexpected error (see the worker log)"
     return f"{type(exc).__name__}{where}: {text}"
+
+
+def rejection_for(exc: BaseException) -> Rejection:
+    """The dead letter of a message that did not translate on receipt: the same reason line as here."""
+    return Rejection(type(exc).__name__, describe_error(exc))
 
 
 class PipelineWorker:

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, RowMapping, and_, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from hub.store.records import IncomingMessage, Receipt, StoredMessage, utcnow
-from hub.store.schema import Status, idempotency_keys, inbox_messages
+from hub.store.schema import Status, dead_letters, idempotency_keys, inbox_messages
 
 Clock = Callable[[], datetime]
 
@@ -33,6 +33,7 @@ class Inbox:
 
         A message whose idempotency key (channel, source, message id) was seen before
         is not stored again; its receipt points at the first copy with ``duplicate=True``.
+        A message with a ``rejection`` is stored as ``dead`` together with its dead letter.
         """
         if not messages:
             return []
@@ -81,9 +82,10 @@ class Inbox:
                     "content_hash": messages[i].content_hash,
                     "payload": messages[i].payload,
                     "received_at": messages[i].received_at or now,
-                    "status": Status.RECEIVED,
+                    "status": Status.DEAD if messages[i].rejection else Status.RECEIVED,
                     "attempts": 0,
                     "next_attempt_at": now,
+                    "last_error": _reason(messages[i]),
                     "updated_at": now,
                 }
                 for i in fresh
@@ -94,13 +96,26 @@ class Inbox:
             )
             ids = [row[0] for row in result]
             key_rows = []
+            dead_rows = []
             for i, inbox_id in zip(fresh, ids, strict=True):
-                receipts[i] = Receipt(inbox_id=inbox_id)
+                rejection = messages[i].rejection
+                receipts[i] = Receipt(inbox_id=inbox_id, status=Status.DEAD if rejection else Status.RECEIVED)
                 key = keys[i]
                 if key:
                     key_rows.append({"key": key, "inbox_id": inbox_id, "created_at": now})
+                if rejection is not None:
+                    dead_rows.append({
+                        "inbox_id": inbox_id,
+                        "outbox_id": None,
+                        "stage": rejection.stage[:16],
+                        "error_type": rejection.error_type[:64],
+                        "reason": rejection.reason,
+                        "created_at": now,
+                    })
             if key_rows:
                 conn.execute(insert(idempotency_keys), key_rows)
+            if dead_rows:
+                conn.execute(insert(dead_letters), dead_rows)
 
         out: list[Receipt] = []
         for index, key in enumerate(keys):
@@ -160,6 +175,10 @@ class Inbox:
             .where(inbox_messages.c.id == inbox_id)
             .values(unconsumed=json.dumps(unconsumed) if unconsumed else None)
         )
+
+
+def _reason(message: IncomingMessage) -> str | None:
+    return message.rejection.reason if message.rejection is not None else None
 
 
 def _stored(r: RowMapping) -> StoredMessage:

@@ -13,11 +13,23 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message is stored straight away as a dead letter: it was translated on receipt and
+    cannot become FHIR. ``reason`` is one PHI-free line, as for the worker's dead letters."""
+
+    error_type: str
+    reason: str
+    stage: str = "translate"
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A message as received, before it is stored.
 
     ``message_id`` is the sender's own id (MSH-10 for HL7 v2); together with ``channel``
     and ``source`` it is the idempotency key, so a re-sent message is recognised.
+    With ``rejection`` the message is stored as ``dead`` with a dead letter saying why, in the
+    same transaction (kept for audit and ``meoring replay``, never translated by the worker).
     """
 
     channel: str
@@ -26,6 +38,7 @@ class IncomingMessage:
     message_id: str | None = None
     content_type: str | None = None
     received_at: datetime | None = None
+    rejection: Rejection | None = None
 
     @property
     def idempotency_key(self) -> str | None:
