@@ -465,7 +465,13 @@ def test_adt_a01_v26_two_coverages_and_surgery() -> None:
     assert procedure["category"]["coding"][0]["code"] == "P"
     assert procedure["reasonCode"][0]["coding"][0]["system"] == "http://hl7.org/fhir/sid/icd-10-cm"
     assert procedure["performedDateTime"] == "2015-06-19T09:15:00-07:00"
-    assert one(name, "Condition")["code"]["coding"][0]["code"] == "K35.80"
+    appendicitis = one(name, "Condition")
+    assert appendicitis["code"]["coding"][0]["code"] == "K35.80"
+    assert appendicitis["category"][1]["coding"][0] == {  # DG1-6 A (table 0052 → diagnosis-role)
+        "system": "http://terminology.hl7.org/CodeSystem/diagnosis-role",
+        "code": "AD",
+        "display": "Admission diagnosis",
+    }
 
 
 def test_adt_a01_v27_emergency_with_temperature() -> None:
@@ -487,6 +493,7 @@ def test_adt_a01_v28_newborn() -> None:
     baby = one(name, "Patient")
     assert baby["birthDate"] == "2024-08-15" and baby["multipleBirthInteger"] == 1
     assert "multipleBirthBoolean" not in baby  # PID-24 only when PID-25 is empty
+    assert "PID-24" not in run(name).unconsumed  # read: the birth order wins
     assert baby["extension"][0] == {
         "url": "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName",
         "valueString": "Eze",
@@ -541,7 +548,13 @@ def test_adt_a03_discharges() -> None:
     procedure = one(name, "Procedure")
     assert procedure["code"]["coding"][0]["code"] == "96.04" and procedure["encounter"] == ref(encounter)
     assert procedure["performer"][0]["function"]["coding"][0]["display"] == "Surgeon"
-    assert one(name, "Condition")["code"]["coding"][0]["system"] == "http://hl7.org/fhir/sid/icd-9-cm"
+    pneumonia = one(name, "Condition")
+    assert pneumonia["code"]["coding"][0]["system"] == "http://hl7.org/fhir/sid/icd-9-cm"
+    assert pneumonia["category"][1]["coding"][0] == {  # DG1-6 F: no diagnosis-role in the IG, kept
+        "system": "http://terminology.hl7.org/CodeSystem/v2-0052",
+        "code": "F",
+        "display": "Final",
+    }
     home = one("adt_a03_v26_home.hl7", "Encounter")
     assert home["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "06"
     assert home["period"] == {"start": "2015-06-19T06:00:00-07:00", "end": "2015-06-23T10:30:00-07:00"}
@@ -647,6 +660,7 @@ def test_orm_lab_and_radiology_orders() -> None:
     assert rad["reasonCode"][0]["coding"][0]["code"] == "R05.9"
     assert {i["type"]["coding"][0]["code"] for i in rad["identifier"]} == {"PLAC", "FILL"}
     assert rad["requester"]["display"] == "Dr. Tomas Novak"
+    assert rad["priority"] == "routine"  # OBR-27.6 (TQ), no ORC-7
 
 
 def test_omp_pharmacy_orders_with_tq1() -> None:
@@ -809,6 +823,8 @@ def test_oru_v24_chemistry_panel_units_without_system() -> None:
     report = one(name, "DiagnosticReport")
     assert report["effectiveDateTime"] == "2006-09-12" and "issued" not in report  # no offset: instant left out
     assert len(report["result"]) == 10
+    # ORC-1/2/3 are read although ORC-5 and OBR-2/3 take precedence (IG ORC[ServiceRequest])
+    assert not {"ORC-1", "ORC-2", "ORC-3"} & set(run(name).unconsumed)
 
 
 def test_oru_v23_radiology_text() -> None:
@@ -900,6 +916,7 @@ def test_vxu_two_doses() -> None:
     eligibility = one(name, "Observation")
     assert eligibility["partOf"] == [ref(mmr)] and eligibility["valueCodeableConcept"]["coding"][0]["code"] == "V02"
     assert one(name, "Patient")["contact"][0]["relationship"][0]["coding"][0]["code"] == "MTH"
+    assert not {"RXA-1", "RXA-2"} & set(run(name).unconsumed)  # sub-id counters, not data
 
 
 def test_vxu_v24_and_refusal() -> None:
@@ -923,6 +940,7 @@ def test_siu_appointment_lifecycle() -> None:
     )
     assert first["serviceType"][0]["coding"][0]["code"] == "99213"
     assert [p["status"] for p in first["participant"]] == ["accepted"] * 3
+    assert "RGS" not in run(booked).unconsumed  # a grouping segment (set id, action code), not data
     assert one(moved, "Appointment")["start"] == "2005-08-22T14:00:00-04:00"
     assert one(cancelled, "Appointment")["status"] == "cancelled"
     modified = one("siu_s14_v26.hl7", "Appointment")

@@ -357,9 +357,24 @@ def test_orm_o01() -> None:
     assert order["authoredOn"] == "2025-04-02T22:59:00-04:00"
     assert order["note"] == [{"text": "Draw with morning labs."}]
     assert order["subject"] == {"reference": ref(one(t, "Patient"))}
-    assert "DG1" in t.unconsumed
+    assert order["priority"] == "routine"  # ORC-7.6 R
+    # the order's DG1 is a Condition, the request's reason (IG ORM_O01: DG1 → reasonReference)
+    chest_pain = one(t, "Condition")
+    assert order["reasonReference"] == [{"reference": ref(chest_pain)}]
+    assert chest_pain["code"]["coding"][0]["code"] == "R07.9"
+    assert chest_pain["subject"] == order["subject"] and chest_pain["encounter"] == order["encounter"]
+    assert "DG1" not in t.unconsumed
     # the placer number makes the ORM's ServiceRequest the ORU's
     assert order["id"] == one(run("oru_r01_v251_cbc.hl7"), "ServiceRequest")["id"]
+
+
+def test_obr_priority_when_the_orc_has_none() -> None:
+    """OBR-5 (v2.3/2.4 priority, table 0485 ConceptMap) gives the priority when ORC-7 does not."""
+    raw = (DATA / "orm_o01_v231.hl7").read_bytes()
+    raw = raw.replace(b"^^^20250403060000-0400^^R|", b"^^^20250403060000-0400|")
+    raw = raw.replace(b"Automated count^LN|R|", b"Automated count^LN|S|")
+    order = one(translator().translate_raw(raw)[0], "ServiceRequest")
+    assert order["priority"] == "stat"
 
 
 def test_oml_o21() -> None:
@@ -426,6 +441,184 @@ def test_siu_s12_and_cancellation() -> None:
     assert actors[1]["display"] == "Dr. Ruth Brennan"
     assert actors[2] == {"display": "SUNRISE CARDCLIN", "type": "Location"}
     assert appointment["serviceType"][0]["coding"][0]["system"] == "http://www.ama-assn.org/go/cpt"
+
+
+# -- fields the bundled samples sent that the maps did not read (meoring translate --coverage) ---------------
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def translate(raw: bytes) -> Translation:
+    return translator().translate_raw(raw)[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "left"),
+    [
+        ("adt_a01.hl7", []),
+        ("adt_a03.hl7", []),
+        ("adt_a08.hl7", []),
+        ("oru_r01.hl7", ["NTE-2"]),  # NTE-2 source of comment: no target in the IG's NTE maps
+        ("siu_s12.hl7", []),
+        ("vxu_v04.hl7", ["PD1-11", "ORC-1"]),  # the IG maps neither (PD1[Patient], ORC[Immunization])
+    ],
+)
+def test_sample_coverage(name: str, left: list[str]) -> None:
+    """What --coverage still lists for the bundled samples: only fields the IG gives no target.
+    Counters and markers (RXA-1/RXA-2, RGS) are not data and never listed."""
+    assert translate(sample(name)).unconsumed == left
+
+
+def test_oru_order_is_orc_and_obr_together() -> None:
+    """ORC + OBR make one ServiceRequest (IG ORC/OBR[ServiceRequest]): ORC-5 wins over ORC-1,
+    OBR-2/3 over ORC-2/3, ORC-12 over OBR-16 - and the id, from the order numbers, is the same
+    whichever segment carries them."""
+    raw = sample("oru_r01.hl7")
+    order = one(translate(raw), "ServiceRequest")
+    assert order["status"] == "completed" and order["intent"] == "order"  # ORC-5 CM (table 0038)
+    assert {i["type"]["coding"][0]["code"]: (i["value"], i["system"]) for i in order["identifier"]} == {
+        "PLAC": ("ORD7781", "urn:id:EPICORD"),
+        "FILL": ("LAB99120", "urn:id:LABSYS"),
+    }
+    assert order["requester"] == {
+        "type": "Practitioner",
+        "identifier": {"value": "ATT123"},
+        "display": "Dr. Chidi Okafor",
+    }
+    # numbers only in the ORC (IG: ORC-2/3 when OBR-2/3 are empty), no ORC-5: ORC-1 RE → active
+    orc_only = raw.replace(b"|CM||||", b"|||||").replace(b"OBR|1|ORD7781^EPICORD|LAB99120^LABSYS|", b"OBR|1|||")
+    from_orc = one(translate(orc_only), "ServiceRequest")
+    assert from_orc["status"] == "active"
+    assert [(i["type"]["coding"][0]["code"], i["value"]) for i in from_orc["identifier"]] == [
+        ("PLAC", "ORD7781"),
+        ("FILL", "LAB99120"),
+    ]
+    assert from_orc["id"] == order["id"]
+    # no ORC-12: OBR-16 is the requester
+    obr_requester = raw.replace(b"|||ATT123^Okafor^Chidi^^^Dr.\r", b"|||\r", 1).replace(
+        b"||||||||ATT123^Okafor^Chidi^^^Dr.||", b"||||||||REF456^Lindqvist^Sara^^^Dr.||"
+    )
+    assert one(translate(obr_requester), "ServiceRequest")["requester"]["display"] == "Dr. Sara Lindqvist"
+
+
+def test_provenance_operator_and_event_reason() -> None:
+    """EVN-5 → Provenance.agent (enterer, who = the operator); EVN-4 → Provenance.reason through the
+    table 0062 ConceptMap (IG EVN[Provenance]); still one Provenance per message."""
+    raw = sample("adt_a01.hl7")
+    t = translate(raw)
+    provenance = one(t, "Provenance")
+    author, operator = provenance["agent"]
+    assert author["type"]["coding"][0]["code"] == "author"  # the sending facility (MSH-4)
+    assert operator == {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "code": "enterer",
+                    "display": "Enterer",
+                }
+            ]
+        },
+        "who": {"type": "Practitioner", "identifier": {"value": "NURSE01"}, "display": "Anna Keller"},
+    }
+    assert "reason" not in provenance
+    requested = one(translate(raw.replace(b"+0100|||NURSE01", b"+0100||01|NURSE01")), "Provenance")
+    assert requested["reason"] == [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                    "code": "PATRQT",
+                    "display": "patient requested",
+                }
+            ]
+        }
+    ]
+    unknown = one(translate(raw.replace(b"+0100|||NURSE01", b"+0100||U|NURSE01")), "Provenance")
+    assert unknown["reason"] == [
+        {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}
+    ]
+    local = translate(raw.replace(b"+0100|||NURSE01", b"+0100||ZZ|NURSE01"))
+    assert one(local, "Provenance")["reason"] == [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0062", "code": "ZZ"}]}
+    ]
+    assert "EVN-4: code 'ZZ' not in ConceptMap table-hl70062-to-event-reason; passed through" in local.warnings
+    two = one(
+        translate(raw.replace(b"|||NURSE01^Keller^Anna|", b"|||NURSE01^Keller^Anna~^Okafor^Chidi|")), "Provenance"
+    )
+    assert [a["who"].get("display") for a in two["agent"][1:]] == ["Anna Keller", "Chidi Okafor"]
+    assert "identifier" not in two["agent"][2]["who"]
+
+
+def test_diagnosis_type_is_a_condition_category() -> None:
+    """DG1-6 (table 0052) → a second Condition.category via the IG's DiagnosisType ConceptMap."""
+    admitting = one(translate(sample("adt_a01.hl7")), "Condition")
+    assert admitting["category"] == [
+        {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "encounter-diagnosis"}
+            ]
+        },
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/diagnosis-role",
+                    "code": "AD",
+                    "display": "Admission diagnosis",
+                }
+            ]
+        },
+    ]
+    working = one(run("adt_a01_v251.hl7"), "Condition")  # W: no diagnosis-role code in the IG, kept in v2-0052
+    assert working["category"][1] == {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0052", "code": "W", "display": "Working"}]
+    }
+    local = translate(sample("adt_a01.hl7").replace(b"||20250314|A", b"||20250314|Q"))
+    assert one(local, "Condition")["category"][1] == {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0052", "code": "Q"}]
+    }
+    assert any("DG1-6.1: code 'Q' not in ConceptMap table-hl70052-to-diagnosis-role" in w for w in local.warnings)
+
+
+def test_siu_resource_timing_and_action_codes() -> None:
+    raw = sample("siu_s12.hl7")
+    appointment = one(translate(raw), "Appointment")
+    patient, person, location = appointment["participant"]
+    assert location["period"] == {"start": "2025-04-15T10:00:00-04:00"}  # AIL-6
+    assert "period" not in person and "period" not in patient
+    assert appointment["start"] == "2025-04-15T10:00:00-04:00"  # SCH-11.4 (AIS-4 says the same)
+    # no SCH-11 / SCH-9: the first service times the appointment (AIS-4, AIS-7 in minutes)
+    untimed = raw.replace(b"|30|MIN|^^30^20250415100000-0400^20250415103000-0400|", b"||||")
+    by_ais = one(translate(untimed), "Appointment")
+    assert (by_ais["start"], by_ais["minutesDuration"]) == ("2025-04-15T10:00:00-04:00", 30)
+    assert "end" not in by_ais  # AIS-4 + AIS-7 needs date arithmetic
+    hours = translate(untimed.replace(b"|||30|MIN", b"|||2|H"))  # not minutes: not converted, reported
+    assert "minutesDuration" not in one(hours, "Appointment") and "AIS-7" in hours.unconsumed
+    # AIP-6 → the person's period; segment action code D (table 0206) → left out of the Appointment
+    moved = raw.replace(
+        b"AIP|1|A|D4410^Brennan^Ruth^^^Dr.|ATND^Attending",
+        b"AIP|1|U|D4410^Brennan^Ruth^^^Dr.|ATND^Attending||20250415101500-0400",
+    )
+    assert one(translate(moved), "Appointment")["participant"][1]["period"] == {"start": "2025-04-15T10:15:00-04:00"}
+    dropped = one(translate(raw.replace(b"AIP|1|A|", b"AIP|1|D|").replace(b"AIS|1|A|", b"AIS|1|D|")), "Appointment")
+    assert "serviceType" not in dropped
+    assert [p["actor"].get("type") for p in dropped["participant"]] == [None, "Location"]
+    group_deleted = one(translate(raw.replace(b"RGS|1|A", b"RGS|1|D")), "Appointment")
+    assert "serviceType" not in group_deleted and len(group_deleted["participant"]) == 1  # the patient
+
+
+def test_participations_deleted_by_their_action_code_are_left_out() -> None:
+    """ROL-2 / PRT-2 = DE (table 0287): the participation is not written (the resource is sent whole)."""
+    raw = (DATA / "adt_a01_v25_rol.hl7").read_bytes()
+    assert len(one(translate(raw), "Encounter")["participant"]) == 3
+    encounter = one(translate(raw.replace(b"ROL|3|AD|CP", b"ROL|3|DE|CP")), "Encounter")
+    assert [p["type"][0]["coding"][0]["code"] for p in encounter["participant"]] == ["ATND", "ATND"]
+    patient = one(translate(raw.replace(b"ROL|1|AD|PP", b"ROL|1|DE|PP")), "Patient")
+    assert "generalPractitioner" not in patient
+    prt = (DATA / "oru_r01_v27_prt.hl7").read_bytes()
+    deleted = translate(prt.replace(b"PRT||AD||RO^", b"PRT||DE||RO^").replace(b"PRT||AD||PRI^", b"PRT||DE||PRI^"))
+    assert "performer" not in one(deleted, "Observation")
+    assert "resultsInterpreter" not in one(deleted, "DiagnosticReport")
 
 
 def test_explain_trace() -> None:

@@ -22,6 +22,7 @@ from hub.errors import ConfigError, MappingError, UnsupportedMessage
 from hub.fhir.validation import validate_resource
 from hub.mapping import MappingEngine, MappingRepository, TraceEntry, make_id, provenance, transaction
 from hub.mapping.fastvalidate import ShapeValidator
+from hub.mapping.runtime import safe_code
 from hub.pipeline.translator import InboundMessage, Translation
 
 from .functions import FUNCTIONS, Hl7Settings, convert_dtm
@@ -40,6 +41,21 @@ _MSH_USED = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 15, 16, 18)
 _SET_ID_SEGMENTS = frozenset(
     "PID PV1 NK1 OBX OBR NTE AL1 DG1 PR1 IN1 GT1 SPM TQ1 AIS AIG AIL AIP RGS ROL PRT TXA FT1 CTI".split()
 )
+#: Fields that are counters or markers, not data, by segment (never reported as unconsumed): the
+#: Set IDs above; RXA-1/RXA-2, the give and administration sub-id counters; RGS-1/RGS-2, the set id
+#: and segment action code of an SIU resource group (the IG maps nothing of RGS: it only groups the
+#: AIS/AIG/AIL/AIP that follow it; SIU_S12.yaml drops the resources of a group whose RGS-2 is D).
+_NOT_DATA: dict[str, tuple[int, ...]] = {
+    **{name: (1,) for name in _SET_ID_SEGMENTS},
+    "RXA": (1, 2),
+    "RGS": (1, 2),
+}
+#: Segments that only group others: read as a whole even when no rule names them.
+_GROUPING_SEGMENTS = frozenset({"RGS"})
+_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+_DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+#: ConceptMap for EVN-4 (table 0062 Event Reason → Provenance.reason, IG vocabulary map EventReason)
+_EVENT_REASON_MAP = "table-hl70062-to-event-reason"
 
 
 class Hl7v2Translator:
@@ -139,9 +155,14 @@ class Hl7v2Translator:
         doc = Hl7Document(message, group(message.segments, structure), self.settings)
         try:
             doc.consume(message.msh, *_MSH_USED)
+            ignored = doc.ignored
             for seg in message.segments:
-                if seg.name in _SET_ID_SEGMENTS:
-                    doc.ignored.add((seg.position, 1))
+                fields = _NOT_DATA.get(seg.name)
+                if fields is not None:
+                    for number in fields:
+                        ignored.add((seg.position, number))
+                    if seg.name in _GROUPING_SEGMENTS:
+                        doc.touched.add(seg.position)
             result = self.engine.run(
                 message_map,
                 doc.root,
@@ -150,7 +171,10 @@ class Hl7v2Translator:
                 explain=explain,
             )
             resources = [built.body for built in result.resources]
-            resources.append(self._provenance(doc, [b.reference for b in result.resources], inbox_id, received_at))
+            warnings = [*message.deviations, *result.warnings]
+            resources.append(
+                self._provenance(doc, [b.reference for b in result.resources], inbox_id, received_at, warnings)
+            )
             if self._shapes is not None:
                 self._shapes.validate_all(resources)
             else:
@@ -159,7 +183,7 @@ class Hl7v2Translator:
             translation = Translation(
                 bundle=transaction(resources),
                 unconsumed=doc.unconsumed(),
-                warnings=[*message.deviations, *result.warnings],
+                warnings=warnings,
             )
         finally:
             doc.release()
@@ -171,20 +195,27 @@ class Hl7v2Translator:
         targets: Sequence[str],
         inbox_id: int | None,
         received_at: datetime | None,
+        warnings: list[str] | None = None,
     ) -> dict[str, Any]:
+        """The message's one Provenance (IG MSH[Provenance-Source] and EVN[Provenance] in one):
+        EVN-2 recorded, EVN-4 reason, EVN-5 operators as agents (type enterer), EVN-6 occurred."""
         message = doc.message
         header = message.header
         msh_offset = _offset(header.timestamp)
         recorded = None
         evn = message.segment("EVN")
         occurred = None
+        agents: list[dict[str, Any]] = []
+        reasons: list[dict[str, Any]] = []
         if evn is not None:
             doc.touched.add(evn.position)
-            doc.consume(evn, 1, 2, 6)
+            doc.consume(evn, 1, 2, 4, 5, 6)
             if evn.value(2):
                 recorded, _ = convert_dtm(evn.value(2) or "", want="instant", default_offset=msh_offset)
             if evn.value(6):
                 occurred, _ = convert_dtm(evn.value(6) or "", default_offset=msh_offset)
+            reasons = self._event_reason(evn, warnings)
+            agents = _operators(evn)
         if recorded is None and header.timestamp:
             recorded, _ = convert_dtm(header.timestamp, want="instant", default_offset=self._zone_offset(header))
         if recorded is None:
@@ -196,7 +227,7 @@ class Hl7v2Translator:
         activity = {
             "coding": [{"system": _V2_0003, "code": header.trigger_event or header.message_type, "display": kind}]
         }
-        return provenance(
+        body = provenance(
             resource_id=make_id(header.sender, "Provenance", ("message", header.control_id)),
             targets=targets,
             recorded=recorded,
@@ -207,6 +238,32 @@ class Hl7v2Translator:
             activity=activity,
             occurred=occurred,
         )
+        if reasons:
+            body["reason"] = reasons
+        if agents:
+            body["agent"].extend(agents)
+        return body
+
+    def _event_reason(self, evn: Any, warnings: list[str] | None) -> list[dict[str, Any]]:
+        """EVN-4 (table 0062; IS before v2.7, CWE since) → Provenance.reason through the ConceptMap
+        (IG: 01/02/03 → v3-ActReason PATRQT/TREAT/HOPERAT, O stays a v2-0062 code); U (unknown) →
+        a reason that only says data-absent-reason "unknown" (IG EVN[Provenance]). A code the map
+        does not know passes through as a v2-0062 code and is reported, as the engine does."""
+        code = (evn.value(4) or "").strip()
+        if not code:
+            return []
+        if code.upper() == "U":
+            return [{"extension": [{"url": _DATA_ABSENT_REASON, "valueCode": "unknown"}]}]
+        table = self.repository.concepts.get(_EVENT_REASON_MAP)
+        if table is None:
+            return []
+        lookup = table.lookup(code)
+        if not lookup.mapped and warnings is not None:
+            message = f"EVN-4: code {safe_code(code)} not in ConceptMap {table.id}; passed through"
+            if message not in warnings:
+                warnings.append(message)
+        coding = lookup.coding if lookup.coding is not None else table.passthrough(code)
+        return [{"coding": [coding.as_dict()]}]
 
     def _zone_offset(self, header: Any) -> str | None:
         text = header.timestamp
@@ -217,6 +274,28 @@ class Hl7v2Translator:
         except ValueError:
             return None
         return self.settings.offset_for(moment)
+
+
+def _operators(evn: Any) -> list[dict[str, Any]]:
+    """EVN-5 operator ids (XCN, repeating) → Provenance agents of type ``enterer`` (the person who
+    entered the event; IG EVN[Provenance]: agent.who(Practitioner)), each a logical reference built
+    as datatypes/XCN-Reference.yaml builds one: XCN.1 → identifier.value, XCN.2-6 → display."""
+    agents = []
+    for rep in range(1, len(evn.repetitions(5)) + 1):
+        ident = (evn.value(5, rep, 1) or "").strip()
+        parts = [(evn.value(5, rep, n) or "").strip() for n in (6, 3, 4, 2)]  # prefix given middle family
+        display = " ".join(p for p in parts if p)
+        if not ident and not display:
+            continue
+        who: dict[str, Any] = {"type": "Practitioner"}
+        if ident:
+            who["identifier"] = {"value": ident}
+        if display:
+            who["display"] = display
+        agents.append(
+            {"type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "enterer", "display": "Enterer"}]}, "who": who}
+        )
+    return agents
 
 
 def _offset(stamp: str) -> str | None:
