@@ -230,3 +230,43 @@ def test_schema_is_current_after_open_and_migrations_are_idempotent(store_url: s
     again = Store.open(store_url)  # upgrading an up-to-date schema changes nothing
     assert again.schema_is_current()
     again.close()
+
+
+def test_sqlite_driver_path_stores_exactly_what_sqlalchemy_core_stores(tmp_path) -> None:
+    """The SQLite receive runs on the driver's cursor (speed); its rows must be the rows the
+    Core path writes, byte for byte (timestamps as SQLAlchemy's DateTime text, statuses, keys)."""
+    from hub.store.inbox import _CoreRows, _receive
+    from hub.store.records import Rejection
+
+    now = datetime(2026, 3, 4, 5, 6, 7, 890123)
+    batch = [
+        IncomingMessage("hl7v2", "LAB|LIS", b"one", message_id="1", received_at=now - timedelta(seconds=1)),
+        IncomingMessage("hl7v2", "LAB|LIS", b"two", message_id="2", content_type="x-application/hl7-v2+er7"),
+        IncomingMessage("hl7v2", "LAB|LIS", b"again", message_id="1"),  # duplicate inside the group
+        IncomingMessage("fhir", "X", b"{}"),  # no id: never a duplicate
+        IncomingMessage("hl7v2", "LAB|LIS", b"bad", message_id="3", rejection=Rejection("MappingError", "OBX-5: no")),
+    ]
+    fast = Store(Store.open(f"sqlite:///{tmp_path / 'fast.db'}").engine, clock=lambda: now)
+    core = Store(Store.open(f"sqlite:///{tmp_path / 'core.db'}").engine, clock=lambda: now)
+    fast_receipts = fast.inbox.receive_many(batch)
+    with core.engine.begin() as conn:
+        core_receipts = _receive(_CoreRows(conn), batch, now)
+    assert fast_receipts == core_receipts
+    assert [r.duplicate for r in fast_receipts] == [False, False, True, False, False]
+    assert fast.inbox.receive_many(batch[:1])[0] == core_receipts[0].__class__(
+        inbox_id=fast_receipts[0].inbox_id, duplicate=True, status=Status.RECEIVED
+    )
+
+    def dump(store: Store) -> list[list[tuple[object, ...]]]:
+        with store.engine.connect() as conn:
+            return [
+                [tuple(row) for row in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1")]
+                for table in ("inbox_messages", "idempotency_keys", "dead_letters")
+            ]
+
+    assert dump(fast) == dump(core)
+    stored = fast.inbox.get(fast_receipts[0].inbox_id)
+    assert stored is not None and stored.received_at == now - timedelta(seconds=1)
+    assert fast.stats().inbox_by_status == {Status.RECEIVED: 3, Status.DEAD: 1}
+    fast.close()
+    core.close()
