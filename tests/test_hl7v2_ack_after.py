@@ -39,7 +39,8 @@ def oru(control_id: str, *, second_obx_time: str = "", ack_types: str = "") -> b
 
 
 def vxu_without_time(control_id: str = "VXU-0001", ack_types: str = "ER|AL") -> bytes:
-    """The shipped mappings cannot build its Immunization: RXA-3 (administration time) is empty."""
+    """The shipped mappings cannot build its Immunization: RXA-3 (administration time, which
+    Immunization.occurrence[x] needs) is empty, and RXA-Immunization.yaml says it is required."""
     raw = (DATA / "vxu_v04_v251.hl7").read_bytes().replace(b"|20250320133000-0400|", b"||")
     return raw.replace(b"|VXU-0001|", f"|{control_id}|".encode()).replace(b"|||ER|AL", f"|||{ack_types}".encode())
 
@@ -178,14 +179,14 @@ def test_duplicates_are_answered_the_same_and_not_stored_twice(strict: Running) 
     assert strict.rejected_calls == 1  # counted once, when it was stored
 
 
-def test_shipped_mapping_failure_names_the_resource_in_err8(shipped: Running) -> None:
+def test_shipped_mapping_failure_names_the_field_in_err2(shipped: Running) -> None:
     # Original mode (no MSH-15/16): an Immunization without occurrence cannot be built.
     ack = shipped.ask(vxu_without_time(ack_types=""))
     assert segment(ack, "MSA")[1:3] == ["AE", "VXU-0001"]
     err = segment(ack, "ERR")
-    assert err[3].startswith("207^") and "Immunization" in err[8]
+    assert err[2] == "RXA^1^3^1" and err[3].startswith("101^") and "RXA-3" in err[8]
     [letter] = shipped.store.replay.dead_letters()
-    assert letter.error_type == "ValidationFailed" and "Immunization" in letter.reason
+    assert letter.error_type == "MappingError" and "RXA-3" in letter.reason
     assert "Kiddo" not in letter.reason
 
 
@@ -212,7 +213,7 @@ def test_enhanced_mode_msh16_decides_whether_the_error_is_heard(shipped: Running
             ack = peer.read_ack()
             assert segment(ack, "MSA")[1:3] == [expected, "VXU-0001"]
             if expected == "AE":
-                assert segment(ack, "ERR")[3].startswith("207^")
+                assert segment(ack, "ERR")[3].startswith("101^")
             else:
                 assert "ERR|" not in ack.decode()
     finally:
@@ -239,7 +240,7 @@ def test_stored_mode_answers_aa_and_the_worker_dead_letters_later(shipped: Runni
     finally:
         worker.close()
     [letter] = shipped.store.replay.dead_letters()
-    assert letter.error_type == "ValidationFailed" and "Immunization" in letter.reason
+    assert letter.error_type == "MappingError" and "RXA-3" in letter.reason
 
 
 def test_a_failed_store_still_gets_ae_207_send_it_again(shipped: Running) -> None:
@@ -296,13 +297,13 @@ def test_ingest_translated_reports_each_untranslatable_message_and_exits_1(
     lines = err.strip().splitlines()
     assert len(lines) == 2 and "Traceback" not in err
     assert lines[0].startswith(f"meoring: {cli / 'bad.hl7'}: message 1 (id VXU-BAD) cannot be translated")
-    assert "dead letter" in lines[0] and "ValidationFailed" in lines[0] and "Kiddo" not in err
+    assert "dead letter" in lines[0] and "RXA-3 is empty" in lines[0] and "Kiddo" not in err
     assert "1 message(s) cannot be translated" in lines[1]
     store = Store.open(f"sqlite:///{cli / 'cli.db'}")
     try:
         assert store.stats().inbox_by_status == {Status.RECEIVED: 1, Status.DEAD: 1}
         [letter] = store.replay.dead_letters()
-        assert letter.error_type == "ValidationFailed"
+        assert letter.error_type == "MappingError" and "RXA-3" in letter.reason
     finally:
         store.close()
     # Again: both are duplicates; the bad one is still reported, nothing is stored twice.

@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 
 from adapters.hl7v2 import Hl7v2Translator
+from adapters.hl7v2.ack import parse_error_location
+from hub.errors import MappingError, ValidationFailed
 from hub.pipeline.translator import Translation
 
 DATA = Path(__file__).parent / "data" / "hl7v2"
@@ -991,3 +993,42 @@ def test_a_real_prior_result_stays_a_prior_result() -> None:
     [prior] = request.groups("PRIOR_RESULT")
     assert [s.name for s in prior.walk()] == ["PID", "ORC", "OBR", "OBX"]
     assert [s.value(2) for s in orders[1].walk() if s.name == "ORC"] == ["PL-2"]
+
+
+def test_a_missing_field_fails_naming_that_field_never_a_bare_fhir_path() -> None:
+    """Blank each valued field of every corpus message, one at a time: the message still
+    translates, or it fails with an error that names an HL7 field (what ERR-2 of the AE
+    carries) - never with a FHIR validation error naming only a FHIR path. Maps guard the
+    elements R4 requires with ``required`` rules (RXA-3 → Immunization.occurrence, RXE-2 /
+    RXO-1 → the medication, OBX-5 → DocumentReference.content)."""
+    tried = 0
+    required: set[str] = set()
+    for path in sorted(DATA.glob("*.hl7")):
+        raw = path.read_bytes()
+        segments = re.split(rb"\r\n|\r|\n", raw)
+        try:
+            translator().translate_raw(raw)
+        except MappingError:
+            continue  # the corpus's own negative cases
+        for index, segment in enumerate(segments):
+            if segment.removeprefix(b"\xef\xbb\xbf")[:3] in (b"MSH", b"FHS", b"BHS", b"BTS", b"FTS", b""):
+                continue
+            fields = segment.split(b"|")
+            name = fields[0].decode("latin-1")
+            for number in range(1, len(fields)):
+                if not fields[number]:
+                    continue
+                blanked = [*fields[:number], b"", *fields[number + 1 :]]
+                message = b"\r".join([*segments[:index], b"|".join(blanked), *segments[index + 1 :]])
+                tried += 1
+                try:
+                    translator().translate_raw(message)
+                except ValidationFailed as exc:
+                    pytest.fail(f"{path.name}: blank {name}-{number} → FHIR-only error {exc}")
+                except MappingError as exc:
+                    where = parse_error_location(exc.location or "")  # what ERR-2 will say
+                    assert where is not None and where[2] > 0, (path.name, name, number, exc.location)
+                    if exc.code == "required":
+                        required.add(f"{name}-{number}")
+    assert tried > 2000
+    assert {"RXA-3", "RXE-2", "RXO-1", "OBX-5"} <= required

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import mappings
 from adapters.hl7v2 import Hl7v2Translator, format_explain, split_batch, translate_bytes
 from hub.errors import MappingError, UnsupportedMessage, ValidationFailed
 from hub.fhir.validation import validate_resource
@@ -591,9 +592,13 @@ def test_siu_resource_timing_and_action_codes() -> None:
     untimed = raw.replace(b"|30|MIN|^^30^20250415100000-0400^20250415103000-0400|", b"||||")
     by_ais = one(translate(untimed), "Appointment")
     assert (by_ais["start"], by_ais["minutesDuration"]) == ("2025-04-15T10:00:00-04:00", 30)
-    assert "end" not in by_ais  # AIS-4 + AIS-7 needs date arithmetic
-    hours = translate(untimed.replace(b"|||30|MIN", b"|||2|H"))  # not minutes: not converted, reported
-    assert "minutesDuration" not in one(hours, "Appointment") and "AIS-7" in hours.unconsumed
+    assert by_ais["end"] == "2025-04-15T10:30:00-04:00"  # AIS-4 + AIS-7 minutes (R4 app-2: start and end)
+    hours = one(translate(untimed.replace(b"|||30|MIN", b"|||2|H")), "Appointment")  # not minutes
+    assert "minutesDuration" not in hours and hours["end"] == "2025-04-15T12:00:00-04:00"
+    default_minutes = one(translate(untimed.replace(b"|||30|MIN", b"|||45|")), "Appointment")  # AIS-8 empty
+    assert (default_minutes["end"], default_minutes["minutesDuration"]) == ("2025-04-15T10:45:00-04:00", 45)
+    odd = translate(untimed.replace(b"|||30|MIN", b"|||30|FORTNIGHT"))  # units not understood: no end, said
+    assert "end" not in one(odd, "Appointment") and any("AIS-7" in w and "no end" in w for w in odd.warnings)
     # AIP-6 → the person's period; segment action code D (table 0206) → left out of the Appointment
     moved = raw.replace(
         b"AIP|1|A|D4410^Brennan^Ruth^^^Dr.|ATND^Attending",
@@ -666,12 +671,29 @@ def test_unsupported_version() -> None:
     assert info.value.code == "unsupported_version" and info.value.location == "MSH-12"
 
 
-def test_an_invalid_resource_fails_the_whole_message() -> None:
-    # RXA-3 (administration time) is required by Immunization.occurrence[x]: no partial bundle
+def test_a_resource_that_cannot_be_built_fails_the_whole_message() -> None:
+    # RXA-3 (administration time) is required by Immunization.occurrence[x]: the map says so, and
+    # the message fails naming the field (ERR-2 of the AE), not with a partial bundle
     raw = (DATA / "vxu_v04_v251.hl7").read_bytes().replace(b"|20250320133000-0400|", b"||")
-    with pytest.raises(ValidationFailed) as info:
+    with pytest.raises(MappingError) as info:
         translator().translate_raw(raw)
-    assert info.value.resource_type == "Immunization"
+    assert (info.value.location, info.value.code) == ("RXA RXA-3", "required")  # ERR-2: RXA^1^3
+    assert "Kiddo" not in str(info.value)
+
+
+def test_an_invalid_resource_fails_the_whole_message(tmp_path: Path) -> None:
+    # A site map that writes what R4 does not allow (a birthDate that is no date): validation,
+    # the safety net behind the maps, fails the whole message naming resource and element
+    site = tmp_path / "hl7v2" / "segments"
+    site.mkdir(parents=True)
+    shipped = (Path(mappings.directory()) / "hl7v2" / "segments" / "PID-Patient.yaml").read_text()
+    rule = "{source: PID-7, target: birthDate, transform: date}"
+    assert rule in shipped
+    (site / "PID-Patient.yaml").write_text(shipped.replace(rule, "{source: PID-7, target: birthDate}"))
+    raw = (DATA / "vxu_v04_v251.hl7").read_bytes()
+    with pytest.raises(ValidationFailed) as info:
+        Hl7v2Translator(mappings.directory(), tmp_path).translate_raw(raw)
+    assert info.value.resource_type == "Patient" and "birthDate" in str(info.value)
     assert "Kiddo" not in str(info.value)
 
 

@@ -65,6 +65,7 @@ def test_schema_error_names_the_key(root: Path) -> None:
         ("{source: pid-three, target: x}", "source 'pid-three'"),
         ("{source: PID-3, target: 'a..b'}", "rules[0].target: not a valid FHIR target path"),
         ("{constant: 1}", "needs a 'target'"),
+        ("{source: PID-3}", "needs a 'target'"),
         ("{source: PID-3, target: x, repeats: all}", "needs a list target"),
         ("{source: PID-3, target: x, when: {path: PID-8}}", "needs equals, in, not_in or matches"),
     ],

@@ -297,6 +297,42 @@ def f_quantity(node: Any, ctx: FunctionContext, args: Mapping[str, Any]) -> Any:
     return quantity
 
 
+#: Duration units (AIS-8, AIL-10, AIP-10: CNE, ISO+/ANSI or UCUM codes) → seconds.
+_DURATION_SECONDS = {
+    "S": 1, "SEC": 1, "SECONDS": 1,
+    "MIN": 60, "M": 60, "MINUTES": 60,
+    "H": 3600, "HR": 3600, "HOURS": 3600,
+    "D": 86400, "DAYS": 86400,
+    "WK": 604800, "W": 604800,
+}  # fmt: skip
+
+
+def f_end_after(node: Any, ctx: FunctionContext, args: Mapping[str, Any]) -> Any:
+    """The end of a period that starts at this DTM and lasts field ``args.duration`` of the same
+    segment, in the units of field ``args.units`` (minutes when empty, as HL7 defines for AIS-8):
+    AIS-4 + AIS-7/AIS-8 → Appointment.end (IG AIS[Appointment]). An instant, with the start's
+    offset; nothing (and a warning) when the duration or its units cannot be read."""
+    text = node.value(None)
+    if not text or not isinstance(node, ValueNode):
+        return None
+    start, problem = convert_dtm(text, want="instant", default_offset=_default_offset(node, text))
+    if start is None:
+        ctx.warn(f"{_location(node)}: {problem}; no end computed")
+        return None
+    seg = node.segment
+    duration_field, units_field = int(args["duration"]), int(args["units"])
+    node.doc.consumed.add((seg.position, duration_field))
+    node.doc.consumed.add((seg.position, units_field))
+    amount = _number(seg.value(duration_field, 1, 1, 1) or "")
+    unit = (seg.value(units_field, 1, 1, 1) or "MIN").strip().upper()
+    factor = _DURATION_SECONDS.get(unit)
+    if amount is None or amount < 0 or factor is None:
+        ctx.warn(f"{seg.label}-{duration_field}: duration or its units not understood; no end computed")
+        return None
+    end = datetime.fromisoformat(start) + timedelta(seconds=amount * factor)
+    return end.isoformat(timespec="milliseconds" if "." in start else "seconds")
+
+
 def f_sn(node: Any, ctx: FunctionContext, args: Mapping[str, Any]) -> Any:
     """SN (structured numeric) → value[x]: Quantity, Range, Ratio or string (IG SN rows; see
     HL7/v2-to-fhir#51 for the overlap this resolves by the separator, SN.3)."""
@@ -554,6 +590,7 @@ FUNCTIONS: dict[str, Function] = {
     "units": _value_pure(f_units),
     "quantity": f_quantity,
     "sn": f_sn,
+    "end_after": f_end_after,
     "text": _value_pure(f_text),
     "hd_system": _value_pure(f_hd_system),
     "coding_system": _value_pure(f_coding_system),

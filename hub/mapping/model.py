@@ -401,8 +401,9 @@ class _Compiler:
         produces_object = rule.map_id or rule.inline is not None or rule.transform_name
         if rule.target is None and rule.kind in (CONSTANT, REF, REFS):
             self.problem(line, "this rule needs a 'target'")
-        if rule.target is None and rule.kind == SOURCE and not produces_object:
-            self.problem(line, "a 'source' rule without map, rules or transform needs a 'target'")
+        if rule.target is None and rule.kind == SOURCE and not produces_object and not rule.required:
+            # (with ``required`` and no target it is a guard: the message fails, naming the field)
+            self.problem(line, "a 'source' rule without map, rules, transform or 'required' needs a 'target'")
         many = rule.repeats == ALL or rule.kind == REFS
         if many and rule.target is not None and not any(s.mode == APPEND for s in rule.target):
             self.problem(line, "repeats: all / refs needs a list target such as 'identifier[]'")
