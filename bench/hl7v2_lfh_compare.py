@@ -136,6 +136,25 @@ def run_lfh(built: Path, files: dict[str, Path], warmup: float, min_seconds: flo
     return rates
 
 
+def lfh_rates(
+    sets: dict[str, list[bytes]], version: str, warmup: float, min_seconds: float, *, validate: bool = False
+) -> dict[str, float]:
+    """LinuxForHealth's messages/s (one core) per message set; raises :class:`Unavailable`."""
+    built = build(version)
+    with tempfile.TemporaryDirectory(prefix="meoring-lfh-") as tmp:
+        files = {}
+        for name, messages in sets.items():
+            path = Path(tmp) / f"{name}.hl7"
+            path.write_bytes(b"\n".join(m.rstrip(b"\r") for m in messages) + b"\n")
+            files[name] = path
+        print(
+            f"LinuxForHealth {ARTIFACT}:{version}, warm-up {warmup:.0f} s, measured >= {min_seconds:.0f} s "
+            f"thread CPU per type{' (withValidateResource)' if validate else ''}:",
+            flush=True,
+        )
+        return run_lfh(built, files, warmup, min_seconds, validate=validate)
+
+
 def ours(messages: list[bytes], rounds: int) -> float:
     translator = Hl7v2Translator()  # default validation: every resource checked as R4
     for raw in messages:  # warm-up, and proof that every message translates
@@ -173,21 +192,9 @@ def main() -> int:
     lfh: dict[str, float] = {}
     lfh_validated: dict[str, float] = {}
     try:
-        built = build(args.lfh_version)
-        with tempfile.TemporaryDirectory(prefix="meoring-lfh-") as tmp:
-            files = {}
-            for name, messages in sets.items():
-                path = Path(tmp) / f"{name}.hl7"
-                path.write_bytes(b"\n".join(m.rstrip(b"\r") for m in messages) + b"\n")
-                files[name] = path
-            print(
-                f"LinuxForHealth {ARTIFACT}:{args.lfh_version}, warm-up {args.warmup:.0f} s, "
-                f"measured >= {args.min_seconds:.0f} s thread CPU per type:",
-                flush=True,
-            )
-            lfh = run_lfh(built, files, args.warmup, args.min_seconds, validate=False)
-            if args.lfh_validate:
-                lfh_validated = run_lfh(built, files, args.warmup, args.min_seconds, validate=True)
+        lfh = lfh_rates(sets, args.lfh_version, args.warmup, args.min_seconds)
+        if args.lfh_validate:
+            lfh_validated = lfh_rates(sets, args.lfh_version, args.warmup, args.min_seconds, validate=True)
     except Unavailable as exc:
         print(f"SKIP LinuxForHealth baseline: {exc}")
 

@@ -17,7 +17,11 @@ Compiled accelerators (:mod:`hub.accel`, ``meoring accel build``) are used when 
 sources, as in the hub's processes; the run then measures the plain-Python translator too, in a
 child process with ``MEORING_ACCEL=0``, and prints both.
 
-Usage: ``python bench/hl7v2_translate.py [--messages N] [--rounds R] [--full-validation]``
+LinuxForHealth's converter (Maven Central, warm JVM) on the same messages is measured in the same
+run too (``bench/hl7v2_lfh_compare.py`` does the building; ``--no-lfh`` skips it; without Java or
+Maven it says why and goes on).
+
+Usage: ``python bench/hl7v2_translate.py [--messages N] [--rounds R] [--full-validation] [--no-lfh]``
 Last line: ``RESULT translate_oru_r01=<v> msg/s baseline python_hl7_parse=<v> msg/s ratio=<x>``.
 """
 
@@ -109,6 +113,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--full-validation", action="store_true", help="validate_resource on every resource")
+    parser.add_argument("--no-lfh", action="store_true", help="skip the LinuxForHealth converter baseline")
     args = parser.parse_args()
     translator = Hl7v2Translator(validation="full") if args.full_validation else Hl7v2Translator()
     oru = variants((SAMPLES / "oru_r01.hl7").read_bytes(), args.messages, 1)
@@ -117,7 +122,7 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {args.messages} distinct messages each, best of {args.rounds}, {mode}")
     print(f"translator modules: {accel.state().describe()}")
     oru_rate, oru_base = measure("ORU^R01 (10 OBX)", oru, translator, args.rounds)
-    measure("ADT^A01", adt, translator, args.rounds)
+    adt_rate, _ = measure("ADT^A01", adt, translator, args.rounds)
     if accel.state().active:
         plain = subprocess.run(
             [sys.executable, __file__, *sys.argv[1:]],
@@ -126,8 +131,20 @@ def main() -> None:
             text=True,
             check=True,
         )
-        for line in plain.stdout.splitlines()[2:-1]:
-            print(f"  plain Python, same messages: {line}")
+        for line in plain.stdout.splitlines():
+            if line.startswith(("ORU^R01", "ADT^A01")):
+                print(f"  plain Python, same messages: {line}")
+    if not args.no_lfh and not os.environ.get("MEORING_ACCEL") == "0":  # (the plain child skips it)
+        from bench.hl7v2_lfh_compare import DEFAULT_VERSION, Unavailable, lfh_rates
+
+        try:
+            lfh = lfh_rates({"oru_r01": oru, "adt_a01": adt}, DEFAULT_VERSION, warmup=10, min_seconds=8)
+        except Unavailable as exc:
+            print(f"LinuxForHealth baseline unavailable: {exc}")
+        else:
+            for name, rate, theirs in (("ORU^R01", oru_rate, lfh["oru_r01"]), ("ADT^A01", adt_rate, lfh["adt_a01"])):
+                print(f"{name}: translate {rate:,.0f} msg/s | LinuxForHealth {theirs:,.1f} msg/s "
+                      f"| ratio {rate / theirs:.1f}")
     print(
         f"RESULT translate_oru_r01={oru_rate:.0f} msg/s baseline python_hl7_parse={oru_base:.0f} msg/s "
         f"ratio={oru_rate / oru_base:.2f}"
