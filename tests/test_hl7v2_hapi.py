@@ -6,7 +6,13 @@
   ``error``/``fatal`` issue;
 * delivery is idempotent: the same bundle twice gives the same ids and no duplicates;
 * an A08 after its A01 leaves one Patient, with the A08's data; a corrected result (OBX-11 = C)
-  updates the preliminary Observation in place.
+  updates the preliminary Observation in place;
+* registration owns demographics and visits: an ORU whose PID and PV1 are minimal leaves the
+  Patient and Encounter an ADT wrote as they were (same version); an ORU for a new patient
+  creates the Patient under its deterministic id, once.
+
+Bundles go through :func:`hub.pipeline.delivery.prepare_transaction` first, as the hub's deliverer
+sends them (the Patient and Encounter of non-ADT messages are create-if-absent entries).
 
 Unmapped codes (the hub's decision): a code the ConceptMaps do not map is passed through with its
 v2 table as the system and reported as a translation warning; the message is still delivered,
@@ -22,6 +28,7 @@ transactions and 60 validations.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,8 @@ import httpx
 import pytest
 
 from adapters.hl7v2 import Hl7v2Translator
+from hub.fhir.client import FhirClient
+from hub.pipeline.delivery import prepare_transaction
 from tests.test_hl7v2_corpus import CORPUS, DATA, RECEIVED, translator
 
 HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -46,9 +55,15 @@ def bundle_of(name: str, tr: Hl7v2Translator | None = None) -> dict[str, Any]:
     return (tr or translator()).translate_raw((DATA / name).read_bytes(), received_at=RECEIVED)[0].bundle
 
 
+def prepare(fhir: httpx.Client, bundle: dict[str, Any]) -> dict[str, Any]:
+    """The bundle as the hub's deliverer sends it: create-if-absent entries resolved against HAPI."""
+    with FhirClient(str(fhir.base_url).rstrip("/")) as client:
+        return prepare_transaction(client, bundle)
+
+
 def deliver(fhir: httpx.Client, bundle: dict[str, Any]) -> list[str]:
-    """POST a transaction; returns the entry statuses (asserting HTTP 200)."""
-    response = fhir.post("", content=json.dumps(bundle))
+    """Prepare and POST a transaction; returns the entry statuses (asserting HTTP 200)."""
+    response = fhir.post("", content=json.dumps(prepare(fhir, bundle)))
     assert response.status_code == 200, response.text[:2000]
     reply = response.json()
     assert reply["type"] == "transaction-response"
@@ -71,12 +86,17 @@ def count(fhir: httpx.Client, query: str) -> int:
 
 
 def test_every_corpus_bundle_is_accepted(fhir: httpx.Client) -> None:
-    accepted = 0
+    translated = accepted = 0
     for name in CORPUS:
-        statuses = deliver(fhir, bundle_of(name))
+        bundle = bundle_of(name)
+        statuses = deliver(fhir, bundle)
         assert all(s.startswith(("200", "201")) for s in statuses), (name, statuses)
+        # only create-if-absent entries (Patient, Encounter of non-ADT messages) of stored resources are left out
+        conditional = sum(e["request"]["method"] == "POST" for e in bundle["entry"])
+        assert len(bundle["entry"]) - conditional <= len(statuses) <= len(bundle["entry"]), name
+        translated += len(bundle["entry"])
         accepted += len(statuses)
-    assert accepted > 300
+    assert translated > 300 and accepted > 250
 
 
 def _sample() -> list[tuple[str, dict[str, Any]]]:
@@ -124,14 +144,112 @@ def test_new_resource_kinds_validate_in_every_message(fhir: httpx.Client) -> Non
 
 def test_same_bundle_twice_same_ids_no_duplicates(fhir: httpx.Client) -> None:
     bundle = bundle_of("oru_r01_v24_chem.hl7")
-    urls = [e["request"]["url"] for e in bundle["entry"]]
+    refs = [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]]
     deliver(fhir, bundle)
-    reply = fhir.post("", content=json.dumps(bundle)).json()
+    (patient,) = [r for r in refs if r.startswith("Patient/")]
+    version = fhir.get(patient).json()["meta"]["versionId"]
+    again = prepare(fhir, bundle)
+    # the Patient (and Encounter) exist now: their create-if-absent entries are dropped, the rest PUT again
+    urls = [e["request"]["url"] for e in again["entry"]]
+    assert urls == [r for r in refs if not r.startswith(("Patient/", "Encounter/"))]
+    assert all(e["request"]["method"] == "PUT" for e in again["entry"])
+    reply = fhir.post("", content=json.dumps(again)).json()
     assert [e["response"]["location"].split("/_history")[0] for e in reply["entry"]] == urls
     assert all(e["response"]["status"].startswith("200") for e in reply["entry"])  # updates, nothing created
+    assert fhir.get(patient).json()["meta"]["versionId"] == version
     observations = [u.split("/")[1] for u in urls if u.startswith("Observation/")]
     assert count(fhir, f"Observation?_id={','.join(observations)}") == 10
     assert count(fhir, "Patient?identifier=urn:id:HILLCREST|HC81020") == 1  # also in ADT, ORM, OUL messages
+
+
+# -- registration owns demographics and visits ------------------------------------------------------
+SAMPLES = Path(__file__).parents[1] / "mappings" / "samples" / "hl7v2"
+
+
+def new_patient() -> tuple[str, str, str]:
+    """A medical record number, visit number and order number no earlier run used."""
+    token = uuid.uuid4().hex[:10].upper()
+    return f"NW{token}", f"VN{token}", f"ORD{token}"
+
+
+def adt_a01(mrn: str, visit: str) -> bytes:
+    """The sample ADT^A01: full demographics (address, phones, next of kin) and visit (location, doctors)."""
+    raw = (SAMPLES / "adt_a01.hl7").read_bytes().decode()
+    return raw.replace("NW1000234", mrn).replace("VN20250314001", visit).replace("ADT0001", f"A{mrn}").encode()
+
+
+def minimal_oru(mrn: str, visit: str, order: str) -> bytes:
+    """The sample ORU^R01 (10 results) whose PID has only the MRN and a name, and whose PV1 only
+    the patient class and visit number."""
+    pv1 = "|".join(["PV1", "1", "I", *[""] * 16, f"{visit}^^^NORTHWIND^VN"])
+    segments = []
+    for segment in (SAMPLES / "oru_r01.hl7").read_bytes().decode().strip().split("\r"):
+        if segment.startswith("PID|"):
+            segment = f"PID|1||{mrn}^^^NORTHWIND^MR||Fictive^Jonas"
+        elif segment.startswith("PV1|"):
+            segment = pv1
+        segments.append(segment.replace("ORD7781", order).replace("LAB99120", f"F{order}"))
+    return "\r".join(segments).replace("LAB000451", f"R{mrn}").encode()
+
+
+def translated(raw: bytes) -> dict[str, Any]:
+    return translator().translate_raw(raw, received_at=RECEIVED)[0].bundle
+
+
+def entry_of(bundle: dict[str, Any], kind: str) -> dict[str, Any]:
+    (entry,) = [e for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+    return entry
+
+
+def test_minimal_oru_after_adt_leaves_patient_and_encounter_as_adt_wrote_them(fhir: httpx.Client) -> None:
+    mrn, visit, order = new_patient()
+    adt, oru = translated(adt_a01(mrn, visit)), translated(minimal_oru(mrn, visit, order))
+    patient, encounter = entry_of(oru, "Patient"), entry_of(oru, "Encounter")
+    assert patient["request"]["method"] == "POST" and encounter["request"]["method"] == "POST"
+    assert "address" not in patient["resource"] and "telecom" not in patient["resource"]
+    patient_url = f"Patient/{patient['resource']['id']}"
+    encounter_url = f"Encounter/{encounter['resource']['id']}"
+    assert entry_of(adt, "Patient")["request"] == {"method": "PUT", "url": patient_url}  # same ids as the ADT's
+    assert entry_of(adt, "Encounter")["request"] == {"method": "PUT", "url": encounter_url}
+
+    assert all(s.startswith("201") for s in deliver(fhir, adt))
+    before = fhir.get(patient_url).json(), fhir.get(encounter_url).json()
+    assert before[0]["address"][0]["line"] == ["Lindenweg 12", "Apt 3"]
+    assert before[0]["telecom"][0]["value"].endswith("5550123")
+
+    sent = prepare(fhir, oru)
+    assert [e for e in sent["entry"] if e["resource"]["resourceType"] in ("Patient", "Encounter")] == []
+    assert all(s.startswith(("200", "201")) for s in deliver(fhir, oru))
+    after = fhir.get(patient_url).json(), fhir.get(encounter_url).json()
+    assert after == before  # not written: same version, same address, phones, contacts, location
+    assert after[0]["address"][0]["line"] == ["Lindenweg 12", "Apt 3"] and after[0]["contact"]
+    assert after[1]["meta"]["versionId"] == before[1]["meta"]["versionId"]
+    order_url = f"ServiceRequest/{entry_of(oru, 'ServiceRequest')['resource']['id']}"
+    query = f"Observation?subject={patient_url}&encounter={encounter_url}"
+    assert count(fhir, f"{query}&based-on={order_url}") == 10  # the ORU's results (the ADT has 2 more)
+    assert count(fhir, f"Patient?identifier=urn:id:NORTHWIND|{mrn}") == 1
+
+
+def test_oru_for_a_new_patient_creates_it_under_its_id_once(fhir: httpx.Client) -> None:
+    mrn, visit, order = new_patient()
+    oru = translated(minimal_oru(mrn, visit, order))
+    patient_id = entry_of(oru, "Patient")["resource"]["id"]
+    encounter_id = entry_of(oru, "Encounter")["resource"]["id"]
+    sent = prepare(fhir, oru)
+    assert entry_of(sent, "Patient")["request"] == {"method": "PUT", "url": f"Patient/{patient_id}"}
+    assert entry_of(sent, "Encounter")["request"] == {"method": "PUT", "url": f"Encounter/{encounter_id}"}
+    assert all(s.startswith("201") for s in deliver(fhir, oru))
+    stored = fhir.get(f"Patient/{patient_id}").json()
+    assert stored["name"][0]["family"] == "Fictive" and stored["meta"]["versionId"] == "1"
+    assert fhir.get(f"Encounter/{encounter_id}").json()["subject"] == {"reference": f"Patient/{patient_id}"}
+    assert count(fhir, f"Observation?subject=Patient/{patient_id}") == 10
+
+    statuses = deliver(fhir, oru)  # the same bundle again: the Patient and Encounter are not written
+    assert len(statuses) == len(oru["entry"]) - 2 and all(s.startswith("200") for s in statuses)
+    assert fhir.get(f"Patient/{patient_id}").json()["meta"]["versionId"] == "1"
+    assert fhir.get(f"Encounter/{encounter_id}").json()["meta"]["versionId"] == "1"
+    assert count(fhir, f"Patient?identifier=urn:id:NORTHWIND|{mrn}") == 1
+    assert count(fhir, f"Observation?subject=Patient/{patient_id}") == 10
 
 
 def test_a01_then_a08_one_patient_with_a08_data(fhir: httpx.Client) -> None:

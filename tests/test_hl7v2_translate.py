@@ -20,6 +20,7 @@ import mappings
 from adapters.hl7v2 import Hl7v2Translator, format_explain, split_batch, translate_bytes
 from hub.errors import MappingError, UnsupportedMessage, ValidationFailed
 from hub.fhir.validation import validate_resource
+from hub.mapping.bundle import full_url
 from hub.pipeline.translator import InboundMessage, Translation, Translator
 
 DATA = Path(__file__).parent / "data" / "hl7v2"
@@ -67,19 +68,51 @@ def test_every_message_is_a_valid_idempotent_transaction(name: str, raw: bytes) 
     bundle = translation.bundle
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
     entries = bundle["entry"]
-    urls = [e["request"]["url"] for e in entries]
-    assert len(urls) == len(set(urls)), "one PUT per resource"
-    for entry in entries:
-        resource = entry["resource"]
-        assert entry["request"] == {"method": "PUT", "url": ref(resource)}
-        assert entry["fullUrl"].startswith("urn:uuid:")
-        assert ID.match(resource["id"])
-        validate_resource(resource)  # full R4 structure validation
+    refs = [ref(e["resource"]) for e in entries]
+    assert len(refs) == len(set(refs)), "one entry per resource"
     provenance = entries[-1]["resource"]
     assert provenance["resourceType"] == "Provenance"
-    assert [t["reference"] for t in provenance["target"]] == urls[:-1]
+    registration = provenance["activity"]["coding"][0]["display"].startswith("ADT^")
+    for entry in entries:
+        resource = entry["resource"]
+        if not registration and resource["resourceType"] in ("Patient", "Encounter"):  # write: if_absent
+            assert entry["request"] == {
+                "method": "POST",
+                "url": resource["resourceType"],
+                "ifNoneExist": f"_id={resource['id']}",
+            }
+        else:
+            assert entry["request"] == {"method": "PUT", "url": ref(resource)}
+        assert entry["fullUrl"] == full_url(resource["resourceType"], resource["id"])
+        assert ID.match(resource["id"])
+        validate_resource(resource)  # full R4 structure validation
+    assert [t["reference"] for t in provenance["target"]] == refs[:-1]
     again, _ = translator().translate_raw(raw, received_at=received)
     assert again.bundle == bundle, "deterministic: a replay yields the same bundle"
+
+
+def test_registration_replaces_patient_and_encounter_other_messages_write_them_only_if_absent() -> None:
+    """ADT owns demographics and visits: its Patient and Encounter are PUT (replace); an ORU's are
+    conditional creates by id (mapping files' ``write: if_absent``), still under the deterministic
+    id the other entries reference."""
+    adt = translator().translate_raw((SAMPLES / "adt_a01.hl7").read_bytes())[0].bundle
+    oru = translator().translate_raw((SAMPLES / "oru_r01.hl7").read_bytes())[0].bundle
+    requests = {(e["resource"]["resourceType"], e["request"]["method"]) for e in adt["entry"]}
+    assert ("Patient", "PUT") in requests and ("Encounter", "PUT") in requests
+    assert {method for _, method in requests} == {"PUT"}
+    by_type = {e["resource"]["resourceType"]: e for e in oru["entry"]}
+    for kind in ("Patient", "Encounter"):
+        entry = by_type[kind]
+        resource_id = entry["resource"]["id"]
+        assert ID.match(resource_id)
+        assert entry["request"] == {"method": "POST", "url": kind, "ifNoneExist": f"_id={resource_id}"}
+        assert entry["fullUrl"] == full_url(kind, resource_id)
+    patient_ref = f"Patient/{by_type['Patient']['resource']['id']}"
+    assert by_type["Encounter"]["resource"]["subject"] == {"reference": patient_ref}
+    observations = [e for e in oru["entry"] if e["resource"]["resourceType"] == "Observation"]
+    assert observations and all(e["resource"]["subject"] == {"reference": patient_ref} for e in observations)
+    others = [e for e in oru["entry"] if e["resource"]["resourceType"] not in ("Patient", "Encounter")]
+    assert others and all(e["request"] == {"method": "PUT", "url": ref(e["resource"])} for e in others)
 
 
 def test_translator_protocol_and_inbox_provenance() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,25 @@ def test_schema_checker_reports_lines() -> None:
     assert check({"kind": "segment", "id": "x", "rules": []}, schema) == []
     problems = check({"kind": "nope", "id": "x"}, schema)
     assert problems and all(isinstance(p.line, int) for p in problems)
+
+
+def test_bad_write_mode_is_rejected_naming_file_and_line(root: Path) -> None:
+    """``write:`` is replace or if_absent: ``meoring mappings validate`` names file and line of any
+    other value (the schema check), and so does the compiler when no schema is there."""
+    path = root / "hl7v2" / "messages" / "ORU_R01.yaml"
+    lines = path.read_text().splitlines(keepends=True)
+    line = next(n for n, text in enumerate(lines, 1) if text.strip() == "write: if_absent")
+    lines[line - 1] = lines[line - 1].replace("if_absent", "sometimes")
+    path.write_text("".join(lines))
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli.main", "mappings", "validate", str(root)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    (reported,) = [text for text in done.stdout.splitlines() if "write" in text]
+    assert reported.startswith(f"mappings/hl7v2/messages/ORU_R01.yaml:{line}: ")
+    assert "must be one of replace, if_absent" in reported
+    (root / "schema" / "mapping.schema.json").unlink()
+    (problem,) = validate_mappings(root)
+    assert (problem.file, problem.line) == ("mappings/hl7v2/messages/ORU_R01.yaml", line)
+    assert problem.message == "'write' must be replace or if_absent"

@@ -9,16 +9,23 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from adapters.hl7v2 import Hl7v2Translator
 from hub.config import PipelineSettings
 from hub.errors import RejectedByServer, TransientDeliveryError
+from hub.fhir.client import FhirClient
+from hub.fhir.retry import RetryPolicy
 from hub.metrics import PipelineMetrics
 from hub.pipeline.backoff import backoff_delay
+from hub.pipeline.delivery import FhirBundleDeliverer
 from hub.pipeline.fhir_passthrough import FhirBundlePassthrough
 from hub.pipeline.worker import PipelineWorker
 from hub.store import IncomingMessage, Status, Store
 from hub.store.records import OutboxEntry, utcnow
+from tests.fhir_peer import FhirPeer, Reply, outcome, refused_url
+from tests.test_hl7v2_translate import SAMPLES
 
 
 class ScriptedDeliverer:
@@ -160,3 +167,30 @@ def test_a_409_conflict_from_a_race_is_retried_not_dead_lettered(store: Store) -
 
     time.sleep(0.01)
     assert worker.run_once().delivered == 1
+
+
+# -- the FHIR deliverer's pre-flight search -------------------------------------------------------
+def _oru_entry() -> OutboxEntry:
+    bundle = Hl7v2Translator().translate_raw((SAMPLES / "oru_r01.hl7").read_bytes())[0].bundle
+    return OutboxEntry(1, 1, "fhir", "transaction", json.dumps(bundle), len(bundle["entry"]), 0, utcnow())
+
+
+def test_failed_preflight_search_is_retryable_and_sends_no_transaction() -> None:
+    """An ORU's Patient and Encounter are create-if-absent entries: the deliverer first asks the
+    server which exist. A 503 there (HAPI cannot be made to answer one: the scripted peer does) or
+    a refused connection is a TransientDeliveryError, as a failed transaction would be, and the
+    transaction is not sent."""
+    entry = _oru_entry()
+    retry = RetryPolicy(max_attempts=2, sleep=lambda _: None)
+    with FhirPeer(Reply(503, outcome("busy"))) as peer, FhirClient(peer.base_url, retry=retry) as client:
+        with pytest.raises(TransientDeliveryError) as info:
+            FhirBundleDeliverer(client).deliver(entry)
+        requests = list(peer.requests)
+    assert info.value.retryable and info.value.status == 503
+    assert [(r.method, r.path) for r in requests] == [("GET", "/fhir/Patient")] * 2  # no POST of the bundle
+    assert "_elements=id" in requests[0].query and "_id=m" in requests[0].query
+    # never answered from a server's cached result set (HAPI keeps them a minute by default)
+    assert {k.lower(): v for k, v in requests[0].headers.items()}["cache-control"] == "no-cache"
+    with refused_url() as url, FhirClient(url, retry=RetryPolicy.no_retry()) as client:
+        with pytest.raises(TransientDeliveryError):
+            FhirBundleDeliverer(client).deliver(entry)

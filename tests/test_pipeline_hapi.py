@@ -3,7 +3,10 @@
 * a worker process is SIGKILLed while it delivers 1,000 messages; after a restart every
   message is in HAPI exactly once;
 * HAPI is stopped (SIGSTOP, so requests hang and time out) in the middle of delivery and
-  started again: every message arrives, once.
+  started again: every message arrives, once;
+* HL7 v2 through the whole pipeline: an ORU with a minimal PID/PV1 after the patient's ADT^A01
+  leaves the ADT's Patient and Encounter as they were (the deliverer's pre-flight search finds
+  them and the ORU's create-if-absent entries are dropped).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from hub.config import HubSettings
 from hub.runtime import build_worker, fhir_client
 from hub.store import IncomingMessage, Status, Store
 from tests.stack import REPO, HapiServer
+from tests.test_hl7v2_hapi import adt_a01, minimal_oru, new_patient
 
 
 def conditional_patient(system: str, value: str) -> bytes:
@@ -73,6 +77,35 @@ def test_translated_bundles_land_in_hapi_and_replay_changes_nothing(tmp_path: Pa
     worker.close()
     client.close()
     store.close()
+
+
+def test_hl7v2_oru_after_adt_keeps_the_adt_demographics_through_the_worker(tmp_path: Path, hapi_url: str) -> None:
+    settings = HubSettings(store={"url": f"sqlite:///{tmp_path / 'h.db'}"}, fhir={"base_url": hapi_url})
+    mrn, visit, order = new_patient()
+    store = Store.open(settings.store.url)
+    client = fhir_client(settings)
+    worker = build_worker(settings, store, client)
+    get = {"headers": {"Accept": "application/fhir+json"}, "timeout": 60}
+    try:
+        store.inbox.receive(IncomingMessage("hl7v2", "t", adt_a01(mrn, visit), message_id=f"A{mrn}"))
+        assert worker.run(until_idle=True).delivered == 1
+        [found] = list(client.search("Patient", {"identifier": f"urn:id:NORTHWIND|{mrn}"}))
+        [visit_found] = list(client.search("Encounter", {"subject": f"Patient/{found['id']}"}))
+        patient_url, encounter_url = f"{hapi_url}/Patient/{found['id']}", f"{hapi_url}/Encounter/{visit_found['id']}"
+        patient, encounter = httpx.get(patient_url, **get).json(), httpx.get(encounter_url, **get).json()
+        assert patient["address"][0]["city"] == "Springfield" and patient["telecom"] and patient["contact"]
+
+        store.inbox.receive(IncomingMessage("hl7v2", "t", minimal_oru(mrn, visit, order), message_id=f"R{mrn}"))
+        assert worker.run(until_idle=True).delivered == 1
+        assert httpx.get(patient_url, **get).json() == patient  # same version, same data
+        assert httpx.get(encounter_url, **get).json() == encounter
+        results = [o for o in client.search("Observation", {"subject": f"Patient/{patient['id']}"}) if "basedOn" in o]
+        assert len(results) == 10  # the ORU's (the ADT's 2 have no order)
+        assert all(o["encounter"]["reference"] == f"Encounter/{encounter['id']}" for o in results)
+    finally:
+        worker.close()
+        client.close()
+        store.close()
 
 
 def test_invalid_resource_is_rejected_by_hapi_and_dead_lettered(tmp_path: Path, hapi_url: str) -> None:

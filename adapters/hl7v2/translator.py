@@ -22,6 +22,7 @@ from hub.errors import ConfigError, MappingError, UnsupportedMessage
 from hub.fhir.validation import validate_resource
 from hub.mapping import MappingEngine, MappingRepository, TraceEntry, make_id, provenance, transaction
 from hub.mapping.fastvalidate import ShapeValidator
+from hub.mapping.model import IF_ABSENT
 from hub.mapping.runtime import safe_code
 from hub.pipeline.translator import InboundMessage, Translation
 
@@ -180,8 +181,9 @@ class Hl7v2Translator:
             else:
                 for resource in resources:
                     validate_resource(resource)
+            if_absent = {b.reference for b in result.resources if b.write == IF_ABSENT}
             translation = Translation(
-                bundle=transaction(resources),
+                bundle=transaction(resources, if_absent),
                 unconsumed=doc.unconsumed(),
                 warnings=warnings,
             )

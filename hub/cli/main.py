@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--channel", default="hl7v2", help="hl7v2 (default) or fhir")
     p.add_argument("--source", default=None, help="sender name (default: from the message, e.g. MSH-4|MSH-3)")
-    p = add("translate", cmd_translate, "dry run: print the FHIR Bundle a message becomes")
+    p = add("translate", cmd_translate, "dry run: print the FHIR Bundle a message becomes (write-if-absent "
+            "entries as POST + ifNoneExist; delivery turns them into PUT or drops them)")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--channel", default="hl7v2")
     p.add_argument("--explain", action="store_true", help="show the rule and source field behind each element")

@@ -562,14 +562,21 @@ class _FhirCore:
         )
         return _Call("vread", "GET", url)
 
-    def _search_call(self, resource_type: str, params: SearchParams | None, page_size: int | None) -> _Call:
+    def _search_call(
+        self, resource_type: str, params: SearchParams | None, page_size: int | None, fresh: bool = False
+    ) -> _Call:
         pairs = _normalise_params(params)
         if page_size is not None:
             if page_size < 1:
                 raise ValueError("page_size must be positive")
             pairs = (*(p for p in pairs if p[0] != "_count"), ("_count", str(page_size)))
         return _Call(
-            "search", "GET", self._url(_check_type(resource_type)), params=pairs, redact=_param_secrets(pairs)
+            "search",
+            "GET",
+            self._url(_check_type(resource_type)),
+            params=pairs,
+            headers={"Cache-Control": "no-cache"} if fresh else {},
+            redact=_param_secrets(pairs),
         )
 
     def _next_call(self, first: _Call, bundle: Mapping[str, Any], seen: set[str]) -> _Call | None:
@@ -782,13 +789,21 @@ class FhirClient(_FhirCore):
         return _resource_body(call, self._send(call), resource_type)
 
     def search_pages(
-        self, resource_type: str, params: SearchParams | None = None, *, page_size: int | None = None
+        self,
+        resource_type: str,
+        params: SearchParams | None = None,
+        *,
+        page_size: int | None = None,
+        fresh: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """``GET [base]/[type]?params``, then every ``next`` link: yields each searchset Bundle.
 
         Pages are fetched lazily, as the iterator is consumed. ``page_size`` sets ``_count``.
+        ``fresh`` sends ``Cache-Control: no-cache``: a server that keeps search results for a
+        while (HAPI JPA: ``reuse_cached_search_results_millis``, one minute by default) runs the
+        search again instead of answering from a result set older than the latest writes.
         """
-        first = self._search_call(resource_type, params, page_size)
+        first = self._search_call(resource_type, params, page_size, fresh)
         call: _Call | None = first
         seen: set[str] = set()
         while call is not None:
@@ -797,10 +812,16 @@ class FhirClient(_FhirCore):
             call = self._next_call(first, page, seen)
 
     def search(
-        self, resource_type: str, params: SearchParams | None = None, *, page_size: int | None = None
+        self,
+        resource_type: str,
+        params: SearchParams | None = None,
+        *,
+        page_size: int | None = None,
+        fresh: bool = False,
     ) -> Iterator[dict[str, Any]]:
-        """The resources of all pages of a search (matches and ``_include``\\ d ones), lazily."""
-        for page in self.search_pages(resource_type, params, page_size=page_size):
+        """The resources of all pages of a search (matches and ``_include``\\ d ones), lazily
+        (``fresh``: see :meth:`search_pages`)."""
+        for page in self.search_pages(resource_type, params, page_size=page_size, fresh=fresh):
             yield from _search_resources(page)
 
     def create(
@@ -951,10 +972,15 @@ class AsyncFhirClient(_FhirCore):
         return await self._body(self._vread_call(resource_type, resource_id, version_id), resource_type)
 
     async def search_pages(
-        self, resource_type: str, params: SearchParams | None = None, *, page_size: int | None = None
+        self,
+        resource_type: str,
+        params: SearchParams | None = None,
+        *,
+        page_size: int | None = None,
+        fresh: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """See :meth:`FhirClient.search_pages`."""
-        first = self._search_call(resource_type, params, page_size)
+        first = self._search_call(resource_type, params, page_size, fresh)
         call: _Call | None = first
         seen: set[str] = set()
         while call is not None:
@@ -963,10 +989,15 @@ class AsyncFhirClient(_FhirCore):
             call = self._next_call(first, page, seen)
 
     async def search(
-        self, resource_type: str, params: SearchParams | None = None, *, page_size: int | None = None
+        self,
+        resource_type: str,
+        params: SearchParams | None = None,
+        *,
+        page_size: int | None = None,
+        fresh: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """See :meth:`FhirClient.search`."""
-        async for page in self.search_pages(resource_type, params, page_size=page_size):
+        async for page in self.search_pages(resource_type, params, page_size=page_size, fresh=fresh):
             for resource in _search_resources(page):
                 yield resource
 

@@ -3,13 +3,20 @@ Provenance that records where a message's resources came from.
 
 PUT with deterministic ids makes delivery idempotent (FHIR R4 http.html#update, "update as
 create"): replaying a message, or receiving an A08 after its A01, updates the same resources.
+
+A resource whose map says ``write: if_absent`` (the Patient and Encounter of an order, result,
+schedule or document message: registration owns them) is a conditional create instead:
+``POST Type`` with ``ifNoneExist: _id=<id>``, the body still carrying its deterministic id and
+every other entry still referencing it as ``Type/id``. A server would give a POST a new id of its
+own, so delivery resolves these entries first (:func:`hub.pipeline.delivery.prepare_transaction`):
+an entry whose resource exists is dropped, the others become ``PUT Type/id``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 __all__ = ["full_url", "provenance", "transaction"]
@@ -40,18 +47,23 @@ def _full_url(reference: str) -> str:
     return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-def transaction(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """A transaction Bundle updating each resource by type and id."""
+def transaction(resources: Iterable[dict[str, Any]], if_absent: Collection[str] = ()) -> dict[str, Any]:
+    """A transaction Bundle updating each resource by type and id (``PUT Type/id``).
+
+    A resource whose ``Type/id`` is in ``if_absent`` is to be written only if no resource has that
+    id: its entry is ``POST Type`` with ``ifNoneExist: _id=<id>`` (fullUrl and body id unchanged).
+    """
     entries = []
+    conditional = len(if_absent) > 0
     for resource in resources:
-        reference = f"{resource['resourceType']}/{resource['id']}"
-        entries.append(
-            {
-                "fullUrl": _full_url(reference),
-                "resource": resource,
-                "request": {"method": "PUT", "url": reference},
-            }
-        )
+        resource_type: str = resource["resourceType"]
+        resource_id: str = resource["id"]
+        reference = f"{resource_type}/{resource_id}"
+        if conditional and reference in if_absent:
+            request = {"method": "POST", "url": resource_type, "ifNoneExist": f"_id={resource_id}"}
+        else:
+            request = {"method": "PUT", "url": reference}
+        entries.append({"fullUrl": _full_url(reference), "resource": resource, "request": request})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 

@@ -127,6 +127,7 @@ class MappingEngine:
                 state.scope,
                 node.location,
                 spec.duplicates,
+                spec.write,
             )
             built.id = body["id"] = self._identity(spec, node, state)
             state.current = built

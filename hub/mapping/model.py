@@ -26,6 +26,14 @@ Rule keys (one producer: ``source`` [+ ``map``/``rules``/``transform``], ``const
 ``repeats`` ``first`` (default), ``all`` (one value per repetition/node) or ``join``
             (text joined with line breaks)
 
+Resource entry keys besides ``name``, ``resourceType``, ``from``, ``when``, ``identity``, ``rules``:
+``duplicates`` (``first`` | ``suffix``) and ``write``: ``replace`` (default: the bundle entry is
+``PUT Type/id``, the message's resource replaces the stored one) or ``if_absent`` (``POST Type`` with
+``ifNoneExist: _id=<id>``: written only when no resource has that id yet; delivery turns it into
+``PUT Type/id`` or drops it, see :func:`hub.pipeline.delivery.prepare_transaction`). ``if_absent``
+is for resources a message only needs to exist - the Patient and Encounter of an order or result,
+whose demographics and visit belong to registration (ADT).
+
 Conditions: ``{valued: P}``, ``{not_valued: P}``, ``{null: P}``, ``{path: P, equals: V}``,
 ``{path: P, in: [..]}``, ``{path: P, not_in: [..]}``, ``{path: P, matches: regex}``,
 ``{built: name}``, ``{all: [..]}``, ``{any: [..]}``, ``{not: C}``. Codes compare
@@ -44,6 +52,9 @@ from .target import APPEND, PLAIN, Step, parse_target
 from .yamlload import line_of
 
 __all__ = [
+    "IF_ABSENT",
+    "REPLACE",
+    "WRITES",
     "Condition",
     "IdentityAlt",
     "IdentityDef",
@@ -61,6 +72,9 @@ Cond = Callable[[SourceNode, Any], bool]  # kept for adapters' type hints
 
 SOURCE, CONSTANT, REF, REFS, SELF = 1, 2, 3, 4, 5
 FIRST, ALL, JOIN = "first", "all", "join"
+#: ``write:`` of a resource entry: replace the stored resource (PUT), or write it only if absent.
+REPLACE, IF_ABSENT = "replace", "if_absent"
+WRITES = (REPLACE, IF_ABSENT)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -192,6 +206,7 @@ class ResourceSpec:
     identity_ref: str = ""
     message_identity: bool = False
     duplicates: str = "first"
+    write: str = REPLACE
 
 
 @dataclass(slots=True, eq=False)
@@ -507,6 +522,9 @@ class _Compiler:
                         raw_identity, line_of(item, "identity") or item_line
                     )
             spec.duplicates = str(item.get("duplicates", "first"))
+            spec.write = str(item.get("write", REPLACE))
+            if spec.write not in WRITES:
+                self.problem(line_of(item, "write") or item_line, "'write' must be replace or if_absent")
             out.append(spec)
         return out
 

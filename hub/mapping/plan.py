@@ -816,6 +816,7 @@ class MessagePlan:
         name = spec.name
         resource_type = spec.resource_type
         duplicates = spec.duplicates
+        write = spec.write
 
         def resource(scope_node: Any, state: State) -> None:
             nodes: Sequence[Any] = (scope_node,) if from_path is None else scope_node.select(from_path)
@@ -824,7 +825,7 @@ class MessagePlan:
                     continue
                 body: dict[str, Any] = {"resourceType": resource_type, "id": ""}
                 scope = state.scope
-                built = Built(name, resource_type, "", body, scope, "", duplicates)
+                built = Built(name, resource_type, "", body, scope, "", duplicates, write)
                 built.id = body["id"] = identity(node, state)
                 state.current = built
                 rules.run(node, body, state)

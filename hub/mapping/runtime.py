@@ -11,7 +11,7 @@ from typing import Any
 
 from .conceptmap import ConceptMapStore
 from .identity import make_id
-from .model import REF, Rule
+from .model import REF, REPLACE, Rule
 from .source import SourceNode
 from .target import Slots, assign
 
@@ -48,7 +48,8 @@ class TraceEntry:
 
 @dataclass(slots=True, eq=False)
 class Built:
-    """One resource built from a message."""
+    """One resource built from a message; ``write`` is its spec's ``write:`` (``replace`` or
+    ``if_absent``), how the bundle entry writes it."""
 
     name: str
     resource_type: str
@@ -57,6 +58,7 @@ class Built:
     scope: Scope
     location: str
     duplicates: str = "first"
+    write: str = REPLACE
     dropped: bool = False
     trace: list[tuple[str, str, str]] = field(default_factory=list)
 
