@@ -18,6 +18,7 @@ import pytest
 
 import mappings
 from adapters.hl7v2 import Hl7v2Translator, format_explain, split_batch, translate_bytes
+from adapters.hl7v2.ack import ack_for_error
 from hub.errors import MappingError, UnsupportedMessage, ValidationFailed
 from hub.fhir.validation import validate_resource
 from hub.mapping.bundle import full_url
@@ -728,6 +729,10 @@ def test_an_invalid_resource_fails_the_whole_message(tmp_path: Path) -> None:
         Hl7v2Translator(mappings.directory(), tmp_path).translate_raw(raw)
     assert info.value.resource_type == "Patient" and "birthDate" in str(info.value)
     assert "Kiddo" not in str(info.value)
+    assert info.value.location == "PID-7"  # the field whose rule wrote it: ERR-2 of the AE names it
+    [err] = [seg for seg in ack_for_error(raw, info.value, header=None, accept_level=False).split(b"\r")
+             if seg.startswith(b"ERR|")]
+    assert err.split(b"|")[2] == b"PID^1^7^1" and b"birthDate" in err
 
 
 def test_shape_and_full_validation_agree() -> None:

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from hub.errors import ConfigError, MappingError, UnsupportedMessage
+from hub.errors import ConfigError, MappingError, UnsupportedMessage, ValidationFailed
 from hub.fhir.validation import validate_resource
 from hub.mapping import MappingEngine, MappingRepository, TraceEntry, make_id, provenance, transaction
 from hub.mapping.fastvalidate import ShapeValidator
@@ -176,11 +176,14 @@ class Hl7v2Translator:
             resources.append(
                 self._provenance(doc, [b.reference for b in result.resources], inbox_id, received_at, warnings)
             )
-            if self._shapes is not None:
-                self._shapes.validate_all(resources)
-            else:
-                for resource in resources:
-                    validate_resource(resource)
+            try:
+                if self._shapes is not None:
+                    self._shapes.validate_all(resources)
+                else:
+                    for resource in resources:
+                        validate_resource(resource)
+            except ValidationFailed as exc:
+                raise self._located(exc, message_map, doc) from None
             if_absent = {b.reference for b in result.resources if b.write == IF_ABSENT}
             translation = Translation(
                 bundle=transaction(resources, if_absent),
@@ -190,6 +193,32 @@ class Hl7v2Translator:
         finally:
             doc.release()
         return translation, result.trace
+
+    def _located(self, exc: ValidationFailed, message_map: Any, doc: Hl7Document) -> ValidationFailed:
+        """The error with ``location`` the HL7 field whose rule wrote the invalid element (what
+        ERR-2 of an AE names), found in the explain trace of the same message - run again only on
+        this failure path; unchanged when no rule wrote there (an element that is missing)."""
+        path, kind = exc.path, exc.resource_type
+        if not path or not kind:
+            return exc
+        header = doc.message.header
+        try:
+            trace = self.engine.run(
+                message_map, doc.root, namespace=header.sender, message_key=header.control_id, explain=True
+            ).trace
+        except MappingError:
+            return exc
+        for entry in trace or []:
+            element = entry.element
+            if entry.resource.partition("/")[0] == kind and (
+                element == path or element.startswith((path + ".", path + "["))
+            ):
+                if not re.match(r"^([A-Z][A-Z0-9_]+/)*[A-Z][A-Z0-9]{2}(\[\d+\])?-\d+", entry.source):
+                    continue  # a constant or a reference: no field to name
+                located = ValidationFailed(str(exc), resource_type=kind, path=path)
+                located.location = entry.source
+                return located
+        return exc
 
     def _provenance(
         self,
