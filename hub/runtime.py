@@ -23,7 +23,7 @@ from hub.fhir.retry import RetryPolicy
 from hub.metrics import PipelineMetrics
 from hub.pipeline.delivery import Deliverer, FhirBundleDeliverer
 from hub.pipeline.fhir_passthrough import FhirBundlePassthrough
-from hub.pipeline.translator import InboundMessage, Translator
+from hub.pipeline.translator import InboundMessage, Translator, translation_error
 from hub.pipeline.worker import PipelineWorker, rejection_for
 from hub.store import IncomingMessage, Store
 from hub.store.records import utcnow
@@ -117,15 +117,10 @@ def translate_on_receipt(translator: Translator,
     inbound = InboundMessage(inbox_id=0, channel=message.channel, source=message.source, payload=message.payload,
                              received_at=message.received_at or utcnow(), message_id=message.message_id,
                              content_type=message.content_type)
-    try:
-        translator.translate(inbound)
-    except MappingError as exc:
-        return dataclasses.replace(message, rejection=rejection_for(exc)), exc
-    except Exception as exc:  # noqa: BLE001 - a hub bug is not the message's fault
-        # Stored as received: the worker translates it again and records what happens there.
-        log.error("translation on receipt failed unexpectedly",
-                  extra={"event": "translate_on_receipt_crashed", "error": type(exc).__name__})
-    return message, None
+    error = translation_error(lambda: translator.translate(inbound))
+    if error is None:
+        return message, None
+    return dataclasses.replace(message, rejection=rejection_for(error)), error
 
 
 def read_fhir_file(path: Path, *, source: str | None = None) -> list[IncomingMessage]:

@@ -194,3 +194,19 @@ def test_failed_preflight_search_is_retryable_and_sends_no_transaction() -> None
     with refused_url() as url, FhirClient(url, retry=RetryPolicy.no_retry()) as client:
         with pytest.raises(TransientDeliveryError):
             FhirBundleDeliverer(client).deliver(entry)
+
+
+def test_translation_on_receipt_returns_the_mapping_error_and_survives_a_hub_bug() -> None:
+    from hub.errors import MappingError
+    from hub.pipeline.translator import translation_error
+
+    def bad_message() -> None:
+        raise MappingError("OBX-5 is not a number", location="OBX-5")
+
+    def hub_bug() -> None:
+        raise RuntimeError("boom")
+
+    error = translation_error(bad_message)
+    assert isinstance(error, MappingError) and error.location == "OBX-5"
+    assert translation_error(hub_bug) is None  # stored as received; the worker decides later
+    assert translation_error(lambda: {"resourceType": "Bundle"}) is None

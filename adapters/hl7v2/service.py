@@ -31,6 +31,7 @@ from typing import Literal
 
 from hub.config import HubSettings
 from hub.errors import HubError, MappingError, UnsupportedMessage
+from hub.pipeline.translator import translation_error
 from hub.pipeline.worker import rejection_for
 from hub.store import GroupCommitWriter, IncomingMessage, Store
 from hub.store.records import utcnow
@@ -217,17 +218,9 @@ class Hl7v2Receiver:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._translation_error, parsed)
 
     def _translation_error(self, parsed: Message) -> MappingError | None:
-        assert self._translator is not None
-        try:
-            self._translator.translate_message(parsed, received_at=utcnow())
-        except MappingError as exc:
-            return exc
-        except Exception as exc:  # noqa: BLE001 - a hub bug is not the sender's error
-            # Stored as received and accepted: the worker translates it again and records
-            # whatever happens there, as in ``stored`` mode.
-            log.error("translation on receipt failed unexpectedly",
-                      extra={"event": "hl7v2_translate_crashed", "error": type(exc).__name__})
-        return None
+        translator = self._translator
+        assert translator is not None
+        return translation_error(lambda: translator.translate_message(parsed, received_at=utcnow()))
 
     @staticmethod
     def _untranslatable_ack(payload: bytes, header: Header, error: MappingError) -> bytes | None:

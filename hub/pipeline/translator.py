@@ -7,9 +7,15 @@ to the translator registered for the message's channel and delivers what comes b
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
+
+from hub.errors import MappingError
+
+log = logging.getLogger("hub.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +65,21 @@ class Translator(Protocol):
     channel: str
 
     def translate(self, message: InboundMessage) -> Translation: ...
+
+
+def translation_error(translate: Callable[[], object]) -> MappingError | None:
+    """Run a translation made on receipt (``mllp.ack_after: translated``) for its verdict only:
+    the :class:`~hub.errors.MappingError` saying why the message cannot become FHIR, or None.
+
+    An unexpected exception is a hub bug, not the sender's error: it is logged by type only (no
+    PHI) and answers None, so the message is stored as received and the worker translates it
+    again, recording whatever happens there, as in ``stored`` mode.
+    """
+    try:
+        translate()
+    except MappingError as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.error("translation on receipt failed unexpectedly",
+                  extra={"event": "translate_on_receipt_crashed", "error": type(exc).__name__})
+    return None
