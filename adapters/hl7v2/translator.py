@@ -26,6 +26,7 @@ from hub.mapping.model import IF_ABSENT
 from hub.mapping.runtime import safe_code
 from hub.pipeline.translator import InboundMessage, Translation
 
+from .ack import parse_error_location
 from .functions import FUNCTIONS, Hl7Settings, convert_dtm
 from .parser import Message, parse
 from .source import Hl7Dialect, Hl7Document
@@ -213,7 +214,8 @@ class Hl7v2Translator:
             if entry.resource.partition("/")[0] == kind and (
                 element == path or element.startswith((path + ".", path + "["))
             ):
-                if not re.match(r"^([A-Z][A-Z0-9_]+/)*[A-Z][A-Z0-9]{2}(\[\d+\])?-\d+", entry.source):
+                where = parse_error_location(entry.source)  # as ERR-2 will read it
+                if where is None or not where[2]:
                     continue  # a constant or a reference: no field to name
                 located = ValidationFailed(str(exc), resource_type=kind, path=path)
                 located.location = entry.source
